@@ -1,0 +1,219 @@
+"""Broker settings: one table, read from defaults < TOML file < TIDELOG_<SETTING> env < flags.
+
+Every setting has a name with its unit, a default, a one-line meaning and a validator. An
+unknown key or an invalid value stops start-up with one line naming the setting
+(`ConfigError`), before anything is opened or bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+MiB = 1 << 20
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message is one line naming the setting and the source."""
+
+
+def _positive(value: int) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def _non_negative(value: int) -> str | None:
+    return None if value >= 0 else "must be >= 0"
+
+
+def _minus_one_or_positive(value: int) -> str | None:
+    return None if value == -1 or value > 0 else "must be -1 (unlimited) or > 0"
+
+
+def _optional_positive(value: int | None) -> str | None:
+    return None if value is None or value > 0 else "must be > 0 or unset"
+
+
+def _host_port(value: str | None) -> str | None:
+    if value is None:
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        return "must be HOST:PORT with a port from 0 to 65535"
+    return None
+
+
+def _one_of(*choices: str) -> Callable[[str], str | None]:
+    def check(value: str) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+def _voters(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        parse_voters(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def setting(default: Any, meaning: str, check: Callable[[Any], str | None] | None = None) -> Any:
+    return field(default=default, metadata={"meaning": meaning, "check": check})
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    node_id: int = setting(1, "this broker's id in the cluster", _non_negative)
+    listen: str = setting("127.0.0.1:9292", "HOST:PORT the broker listens on (port 0 picks a free one)", _host_port)
+    advertise: str | None = setting(None, "HOST:PORT clients and peers are told to use (default: listen)", _host_port)
+    data_dir: str = setting("./tidelog-data", "directory holding the partition logs and metadata")
+    voters: str | None = setting(None, "Raft voters as ID@HOST:PORT,... (default: this node alone)", _voters)
+    metrics: str | None = setting(None, "HOST:PORT of the Prometheus /metrics endpoint (default: off)", _host_port)
+    log_level: str = setting("info", "debug, info, warning or error", _one_of("debug", "info", "warning", "error"))
+    log_format: str = setting("kv", "kv (key=value lines) or json", _one_of("kv", "json"))
+    # Limits, each checked before memory is spent.
+    frame_bytes_max: int = setting(16 * MiB, "largest request frame accepted; a bigger length prefix closes the connection", _positive)
+    batch_bytes_max: int = setting(1 * MiB, "largest record batch accepted (Kafka's message.max.bytes)", _positive)
+    connections_max: int = setting(1000, "open client connections at once; more are closed on accept", _positive)
+    connection_idle_ms: int = setting(600_000, "close a connection idle this long (Kafka's connections.max.idle.ms)", _positive)
+    connection_buffer_bytes_max: int = setting(4 * MiB, "buffered unsent/unparsed bytes per connection before reads pause", _positive)
+    in_flight_requests_max: int = setting(100, "requests in progress per connection before reads pause", _positive)
+    fetch_wait_ms_max: int = setting(30_000, "ceiling on a fetch's max_wait_ms", _positive)
+    fetch_bytes_max: int = setting(64 * MiB, "ceiling on a fetch response's bytes (Kafka's fetch.max.bytes)", _positive)
+    shutdown_timeout_ms: int = setting(30_000, "how long a graceful stop waits for in-flight requests", _positive)
+    # Topics.
+    auto_create_topics: bool = setting(True, "create a topic on first produce or metadata request for it")
+    num_partitions: int = setting(1, "partitions of an auto-created topic", _positive)
+    default_replication_factor: int = setting(1, "replicas of an auto-created topic", _positive)
+    min_insync_replicas: int = setting(1, "fewest in-sync replicas for an acks=all write", _positive)
+    # Log defaults (topics may override them).
+    segment_bytes_max: int = setting(1 << 30, "roll the active segment past this size", _positive)
+    segment_ms_max: int = setting(7 * 24 * 3600 * 1000, "roll the active segment past this age", _positive)
+    index_interval_bytes: int = setting(4096, "log bytes between two offset-index entries", _positive)
+    retention_bytes: int = setting(-1, "per-partition size above which old segments are deleted (-1: unlimited)", _minus_one_or_positive)
+    retention_ms: int = setting(7 * 24 * 3600 * 1000, "age past which old segments are deleted (-1: unlimited)", _minus_one_or_positive)
+    retention_check_interval_ms: int = setting(300_000, "how often retention runs in the background", _positive)
+    flush_messages: int | None = setting(None, "fsync after this many records (1: before every acknowledgement; unset: rely on replication)", _optional_positive)
+    flush_ms: int | None = setting(None, "fsync data older than this (unset: never by time)", _optional_positive)
+
+    @property
+    def listen_host(self) -> str:
+        return self.listen.rpartition(":")[0]
+
+    @property
+    def listen_port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    def advertised(self, bound_port: int | None = None) -> tuple[str, int]:
+        """The address to tell others: `advertise`, else the listen address with the bound port."""
+        if self.advertise:
+            host, _, port = self.advertise.rpartition(":")
+            return host, int(port)
+        return self.listen_host, bound_port if bound_port is not None else self.listen_port
+
+
+SETTINGS: dict[str, Any] = {f.name: f for f in fields(BrokerConfig)}
+
+
+def parse_voters(text: str) -> dict[int, tuple[str, int]]:
+    """`1@127.0.0.1:9292,2@127.0.0.1:9392` -> {1: ("127.0.0.1", 9292), 2: (...)}."""
+    voters: dict[int, tuple[str, int]] = {}
+    for item in text.split(","):
+        node, sep, address = item.strip().partition("@")
+        host, colon, port = address.rpartition(":")
+        if not sep or not node.isdigit() or not colon or not host or not port.isdigit():
+            raise ValueError(f"voter {item.strip()!r} is not ID@HOST:PORT")
+        if int(node) in voters:
+            raise ValueError(f"voter id {node} is listed twice")
+        voters[int(node)] = (host, int(port))
+    return voters
+
+
+def _coerce(name: str, raw: Any, source: str) -> Any:
+    """Turn a file/env/flag value into the setting's type; raise ConfigError naming it."""
+    spec = SETTINGS[name]
+    kind = spec.type if isinstance(spec.type, str) else getattr(spec.type, "__name__", str(spec.type))
+    try:
+        if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "none", "null") and "None" in kind):
+            return None
+        if kind.startswith("bool"):
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if kind.startswith("int"):
+            if isinstance(raw, bool) or isinstance(raw, float):
+                raise ValueError("expected an integer")
+            return int(str(raw).replace("_", ""))
+        if not isinstance(raw, str):
+            raise ValueError("expected a string")
+        return raw
+    except ValueError as exc:
+        raise ConfigError(f"setting {name} from {source}: invalid value {raw!r} ({exc})") from None
+
+
+def load_config(
+    *,
+    file: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> BrokerConfig:
+    """Merge defaults < file < environment < flags, validate every value, return the config."""
+    values: dict[str, tuple[Any, str]] = {}
+    if file is not None:
+        path = Path(file)
+        try:
+            with path.open("rb") as handle:
+                table = tomllib.load(handle)
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: not TOML ({exc})") from None
+        for key, raw in table.items():
+            name = key.replace("-", "_").replace(".", "_")
+            if name not in SETTINGS:
+                raise ConfigError(f"config file {path}: unknown setting {key!r}")
+            values[name] = (raw, f"config file {path}")
+    for key, raw in (environ if environ is not None else os.environ).items():
+        if key.startswith("TIDELOG_") and key not in ("TIDELOG_BOOTSTRAP", "TIDELOG_CONFIG"):
+            name = key[len("TIDELOG_") :].lower()
+            if name not in SETTINGS:
+                raise ConfigError(f"environment variable {key}: unknown setting {name!r}")
+            values[name] = (raw, f"environment variable {key}")
+    for name, raw in (flags or {}).items():
+        if raw is not None:
+            values[name] = (raw, f"flag --{name.replace('_', '-')}")
+    chosen = {name: _coerce(name, raw, source) for name, (raw, source) in values.items()}
+    config = replace(BrokerConfig(), **chosen)
+    for name, spec in SETTINGS.items():
+        check = spec.metadata.get("check")
+        problem = check(getattr(config, name)) if check else None
+        if problem:
+            source = values.get(name, (None, "default"))[1]
+            raise ConfigError(f"setting {name} from {source}: {getattr(config, name)!r} {problem}")
+    return config
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """One --flag per setting (default None, so unset flags do not override env or file)."""
+    for name, spec in SETTINGS.items():
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=spec.metadata["meaning"])
+
+
+def settings_table_markdown() -> str:
+    """The documented table of every setting, for the README."""
+    rows = ["| setting | default | meaning |", "|---|---|---|"]
+    for name, spec in SETTINGS.items():
+        rows.append(f"| `{name}` | `{spec.default!r}` | {spec.metadata['meaning']} |")
+    return "\n".join(rows)
