@@ -1,0 +1,1147 @@
+"""Typed requests and responses, one pair per API, and the registry that maps API keys to them.
+
+Each message is a small dataclass with `to_control()` (plain lists for msgpack: positional
+fields keep the hot Produce and Fetch control parts compact), `payload_parts()` (raw record
+bytes, sent after the control part and never copied), and `from_control(control, payload)`.
+Decoding checks shapes and integer widths and raises InvalidRequestError / InvalidResponseError
+with the path of the bad field; it never lets KeyError, TypeError or IndexError escape. Rules
+that have their own error code (acks values, topic names, partition counts) are the broker's to
+check, so it can answer per topic or partition.
+
+API keys: Kafka's number wherever Kafka has an API with the same purpose; APIs that exist only
+in tidelog take numbers from TIDELOG_API_KEYS_START (1000) up. Keys listed in ApiKey without a
+registered message class are reserved for work not done yet.
+
+To add an API: write the request and response dataclasses (subclasses of Request and Response
+with API_KEY set and `_from_control` / `to_control` written), then call `register_api`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterator, Sequence
+
+from client.protocol.errors import (
+    ErrorCode,
+    InvalidRequestError,
+    InvalidResponseError,
+    ProtocolError,
+    RequestRejectedError,
+    UnsupportedApiError,
+    UnsupportedVersionError,
+)
+from client.protocol.frames import (
+    RequestFrame,
+    ResponseFrame,
+    encode_request,
+    encode_response,
+    payload_part_bytes,
+)
+from client.protocol.limits import (
+    FETCH_BYTES_MAX_DEFAULT,
+    FETCH_MAX_WAIT_MS_DEFAULT,
+    FETCH_MIN_BYTES_DEFAULT,
+    FETCH_PARTITION_BYTES_MAX_DEFAULT,
+    FRAME_BYTES_MAX_DEFAULT,
+    REQUEST_TIMEOUT_MS_DEFAULT,
+)
+
+TIDELOG_API_KEYS_START = 1000
+
+
+class ApiKey(enum.IntEnum):
+    """Every API key, implemented or reserved. Numbers below 1000 are Kafka's for the same API."""
+
+    PRODUCE = 0
+    FETCH = 1
+    LIST_OFFSETS = 2
+    METADATA = 3
+    OFFSET_COMMIT = 8  # reserved
+    OFFSET_FETCH = 9  # reserved
+    FIND_COORDINATOR = 10  # reserved
+    JOIN_GROUP = 11  # reserved
+    HEARTBEAT = 12  # reserved
+    LEAVE_GROUP = 13  # reserved
+    SYNC_GROUP = 14  # reserved
+    DESCRIBE_GROUPS = 15  # reserved
+    LIST_GROUPS = 16  # reserved
+    API_VERSIONS = 18
+    CREATE_TOPICS = 19
+    DELETE_TOPICS = 20
+    INIT_PRODUCER_ID = 22  # reserved
+    RAFT_VOTE = 52  # reserved; Kafka's KRaft Vote
+    ALTER_PARTITION = 56  # reserved
+    DESCRIBE_CLUSTER = 60
+    BROKER_REGISTRATION = 62  # reserved
+    BROKER_HEARTBEAT = 63  # reserved
+    DESCRIBE_TOPIC = TIDELOG_API_KEYS_START  # partitions and configs of named topics
+    RAFT_APPEND_ENTRIES = TIDELOG_API_KEYS_START + 1  # reserved; Kafka's KRaft replicates via Fetch
+    RAFT_INSTALL_SNAPSHOT = TIDELOG_API_KEYS_START + 2  # reserved
+
+
+# Sentinel values that mean something on the wire.
+CONSUMER_REPLICA_ID = -1  # replica_id of a Fetch/ListOffsets sent by a consumer, not a follower
+NO_NODE_ID = -1  # leader_id / controller_id when there is none
+NO_LEADER_EPOCH = -1  # current_leader_epoch when the client does not know it
+NO_OFFSET = -1  # base_offset / log_start_offset / offset when there is none (e.g. acks=0, errors)
+NO_TIMESTAMP = -1  # log_append_time_ms when the topic uses create time
+LATEST_TIMESTAMP = -1  # ListOffsets: the log end offset
+EARLIEST_TIMESTAMP = -2  # ListOffsets: the log start offset
+READ_UNCOMMITTED = 0
+READ_COMMITTED = 1
+ACKS_NONE, ACKS_LEADER, ACKS_ALL = 0, 1, -1
+
+_I8 = (-(2**7), 2**7 - 1)
+_I16 = (-(2**15), 2**15 - 1)
+_I32 = (-(2**31), 2**31 - 1)
+_I64 = (-(2**63), 2**63 - 1)
+_U16 = (0, 2**16 - 1)
+_U32 = (0, 2**32 - 1)
+_ISOLATION_LEVELS = (READ_UNCOMMITTED, READ_COMMITTED)
+
+
+# --- shape checks ---------------------------------------------------------------------------
+# Paths name fields as "topics[].partitions[].partition"; building index-exact paths on the hot
+# path would cost a string per field of every partition, and the field name is what a reader needs.
+
+
+class _Malformed(Exception):
+    """Internal: a field has the wrong type or shape. from_control turns it into the public error."""
+
+
+def _describe(value: Any) -> str:
+    """Short, safe description of a bad value: never a giant or deeply nested repr."""
+    if isinstance(value, (list, tuple)):
+        return f"{type(value).__name__} of {len(value)} items"
+    if isinstance(value, dict):
+        return f"dict of {len(value)} entries"
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def _int(value: Any, path: str, bounds: tuple[int, int]) -> int:
+    if type(value) is not int or not bounds[0] <= value <= bounds[1]:
+        raise _Malformed(f"{path} must be an int in [{bounds[0]}, {bounds[1]}], got {_describe(value)}")
+    return value
+
+
+def _str(value: Any, path: str) -> str:
+    if type(value) is not str:
+        raise _Malformed(f"{path} must be a str, got {_describe(value)}")
+    return value
+
+
+def _opt_str(value: Any, path: str) -> str | None:
+    return None if value is None else _str(value, path)
+
+
+def _bool(value: Any, path: str) -> bool:
+    if type(value) is not bool:
+        raise _Malformed(f"{path} must be a bool, got {_describe(value)}")
+    return value
+
+
+def _list(value: Any, path: str) -> list | tuple:
+    if type(value) is not list and type(value) is not tuple:
+        raise _Malformed(f"{path} must be a list, got {_describe(value)}")
+    return value
+
+
+def _fields(value: Any, path: str, count: int) -> list | tuple:
+    """A fixed-width row: a list of exactly `count` fields."""
+    if (type(value) is not list and type(value) is not tuple) or len(value) != count:
+        raise _Malformed(f"{path} must be a list of {count} fields, got {_describe(value)}")
+    return value
+
+
+def _rows(value: Any, path: str, count: int) -> Iterator[list | tuple]:
+    """Each item of a list, checked to be a row of `count` fields."""
+    row_path = path + "[]"
+    for row in _list(value, path):
+        yield _fields(row, row_path, count)
+
+
+def _str_list(value: Any, path: str) -> list[str]:
+    item_path = path + "[]"
+    return [_str(item, item_path) for item in _list(value, path)]
+
+
+def _int_list(value: Any, path: str, bounds: tuple[int, int]) -> list[int]:
+    item_path = path + "[]"
+    return [_int(item, item_path, bounds) for item in _list(value, path)]
+
+
+def _str_map(value: Any, path: str) -> dict[str, str]:
+    if type(value) is not dict:
+        raise _Malformed(f"{path} must be a dict of str to str, got {_describe(value)}")
+    for key, item in value.items():
+        _str(key, f"{path} key")
+        _str(item, f"{path}[{key!r:.40}]")
+    return value
+
+
+class _PayloadReader:
+    """Hands out consecutive memoryview slices of a payload: zero-copy record bytes."""
+
+    __slots__ = ("_view", "_position")
+
+    def __init__(self, view: memoryview):
+        self._view = view
+        self._position = 0
+
+    def take(self, length: int, path: str) -> memoryview:
+        end = self._position + length
+        if end > len(self._view):
+            raise _Malformed(
+                f"{path} is {length} bytes but only {len(self._view) - self._position} payload bytes remain"
+            )
+        piece = self._view[self._position : end]
+        self._position = end
+        return piece
+
+    def finish(self) -> None:
+        left = len(self._view) - self._position
+        if left:
+            raise _Malformed(f"payload has {left} trailing bytes that no control field describes")
+
+
+def _as_byte_view(payload: Any) -> memoryview:
+    view = payload if isinstance(payload, memoryview) else memoryview(payload)
+    if view.ndim != 1 or view.format != "B":
+        view = view.cast("B")
+    return view
+
+
+def _records_parts(records: Any) -> list[Any]:
+    """A partition's record bytes as a list of pieces (one bytes-like, or a list of them)."""
+    return list(records) if isinstance(records, (list, tuple)) else [records]
+
+
+def _records_bytes(records: Any) -> int:
+    return sum(payload_part_bytes(part) for part in _records_parts(records))
+
+
+# --- message base classes -------------------------------------------------------------------
+
+
+class _Message:
+    __slots__ = ()
+    API_KEY: ClassVar[int]
+    IS_REQUEST: ClassVar[bool]
+
+    def to_control(self) -> Any:
+        """The control part: plain lists, ints, strs, bools, None and dicts for msgpack."""
+        raise NotImplementedError
+
+    def payload_parts(self) -> list[Any]:
+        """Raw payload pieces in the order the control part describes them (none by default)."""
+        return []
+
+    @classmethod
+    def from_control(cls, control: Any, payload: Any = b""):
+        """Build the message from a decoded control part and the frame payload (zero copy)."""
+        reader = _PayloadReader(_as_byte_view(payload))
+        try:
+            message = cls._from_control(control, reader)
+            reader.finish()
+        except _Malformed as exc:
+            kind = "request" if cls.IS_REQUEST else "response"
+            error = InvalidRequestError if cls.IS_REQUEST else InvalidResponseError
+            raise error(f"{ApiKey(cls.API_KEY).name} {kind}: {exc}") from None
+        return message
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader):
+        raise NotImplementedError
+
+
+class Request(_Message):
+    __slots__ = ()
+    IS_REQUEST = True
+
+
+class Response(_Message):
+    __slots__ = ()
+    IS_REQUEST = False
+
+
+# --- ApiVersions ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True, kw_only=True)
+class ApiVersionsRequest(Request):
+    """Asks which API keys and versions the broker supports; the first request on a connection."""
+
+    API_KEY: ClassVar[int] = ApiKey.API_VERSIONS
+    client_software_name: str = "tidelog-python"
+    client_software_version: str = "0"
+
+    def to_control(self) -> list:
+        return [self.client_software_name, self.client_software_version]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> ApiVersionsRequest:
+        name, version = _fields(control, "control", 2)
+        return cls(
+            client_software_name=_str(name, "client_software_name"),
+            client_software_version=_str(version, "client_software_version"),
+        )
+
+
+@dataclass(slots=True)
+class ApiVersionRange:
+    api_key: int
+    min_version: int
+    max_version: int
+
+
+@dataclass(slots=True, kw_only=True)
+class ApiVersionsResponse(Response):
+    API_KEY: ClassVar[int] = ApiKey.API_VERSIONS
+    error_code: int = ErrorCode.NONE
+    api_versions: list[ApiVersionRange] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        rows = [[r.api_key, r.min_version, r.max_version] for r in self.api_versions]
+        return [self.error_code, rows]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> ApiVersionsResponse:
+        error_code, rows = _fields(control, "control", 2)
+        ranges = [
+            ApiVersionRange(
+                _int(key, "api_versions[].api_key", _I16),
+                _int(low, "api_versions[].min_version", _I16),
+                _int(high, "api_versions[].max_version", _I16),
+            )
+            for key, low, high in _rows(rows, "api_versions", 3)
+        ]
+        return cls(error_code=_int(error_code, "error_code", _I16), api_versions=ranges)
+
+
+# --- Metadata, DescribeTopic, DescribeCluster -----------------------------------------------
+
+
+@dataclass(slots=True, kw_only=True)
+class MetadataRequest(Request):
+    """Brokers and partition leaders of some topics (topics=None: all topics)."""
+
+    API_KEY: ClassVar[int] = ApiKey.METADATA
+    topics: list[str] | None = None
+    allow_auto_topic_creation: bool = False
+
+    def to_control(self) -> list:
+        return [self.topics, self.allow_auto_topic_creation]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> MetadataRequest:
+        topics, allow = _fields(control, "control", 2)
+        return cls(
+            topics=None if topics is None else _str_list(topics, "topics"),
+            allow_auto_topic_creation=_bool(allow, "allow_auto_topic_creation"),
+        )
+
+
+@dataclass(slots=True)
+class BrokerMetadata:
+    node_id: int
+    host: str
+    port: int
+
+
+@dataclass(slots=True)
+class PartitionMetadata:
+    error_code: int
+    partition: int
+    leader_id: int
+    leader_epoch: int
+    replicas: list[int]
+    isr: list[int]
+
+    def to_row(self) -> list:
+        return [self.error_code, self.partition, self.leader_id, self.leader_epoch, self.replicas, self.isr]
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any], path: str) -> PartitionMetadata:
+        error_code, partition, leader_id, leader_epoch, replicas, isr = row
+        return cls(
+            _int(error_code, path + ".error_code", _I16),
+            _int(partition, path + ".partition", _I32),
+            _int(leader_id, path + ".leader_id", _I32),
+            _int(leader_epoch, path + ".leader_epoch", _I32),
+            _int_list(replicas, path + ".replicas", _I32),
+            _int_list(isr, path + ".isr", _I32),
+        )
+
+
+def _partitions(value: Any, path: str) -> list[PartitionMetadata]:
+    row_path = path + "[]"
+    return [PartitionMetadata.from_row(row, row_path) for row in _rows(value, path, 6)]
+
+
+@dataclass(slots=True)
+class TopicMetadata:
+    error_code: int
+    name: str
+    partitions: list[PartitionMetadata]
+
+
+@dataclass(slots=True, kw_only=True)
+class MetadataResponse(Response):
+    API_KEY: ClassVar[int] = ApiKey.METADATA
+    brokers: list[BrokerMetadata] = field(default_factory=list)
+    controller_id: int = NO_NODE_ID
+    cluster_id: str | None = None
+    topics: list[TopicMetadata] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        brokers = [[b.node_id, b.host, b.port] for b in self.brokers]
+        topics = [[t.error_code, t.name, [p.to_row() for p in t.partitions]] for t in self.topics]
+        return [brokers, self.controller_id, self.cluster_id, topics]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> MetadataResponse:
+        brokers, controller_id, cluster_id, topics = _fields(control, "control", 4)
+        return cls(
+            brokers=[
+                BrokerMetadata(
+                    _int(node_id, "brokers[].node_id", _I32),
+                    _str(host, "brokers[].host"),
+                    _int(port, "brokers[].port", _U16),
+                )
+                for node_id, host, port in _rows(brokers, "brokers", 3)
+            ],
+            controller_id=_int(controller_id, "controller_id", _I32),
+            cluster_id=_opt_str(cluster_id, "cluster_id"),
+            topics=[
+                TopicMetadata(
+                    _int(error_code, "topics[].error_code", _I16),
+                    _str(name, "topics[].name"),
+                    _partitions(partitions, "topics[].partitions"),
+                )
+                for error_code, name, partitions in _rows(topics, "topics", 3)
+            ],
+        )
+
+
+@dataclass(slots=True, kw_only=True)
+class DescribeTopicRequest(Request):
+    """Partitions (leader, epoch, replicas, ISR) and configs of the named topics."""
+
+    API_KEY: ClassVar[int] = ApiKey.DESCRIBE_TOPIC
+    names: list[str] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        return [self.names]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> DescribeTopicRequest:
+        (names,) = _fields(control, "control", 1)
+        return cls(names=_str_list(names, "names"))
+
+
+@dataclass(slots=True)
+class DescribedTopic:
+    error_code: int
+    name: str
+    partitions: list[PartitionMetadata]
+    configs: dict[str, str]
+
+
+@dataclass(slots=True, kw_only=True)
+class DescribeTopicResponse(Response):
+    API_KEY: ClassVar[int] = ApiKey.DESCRIBE_TOPIC
+    topics: list[DescribedTopic] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        rows = [[t.error_code, t.name, [p.to_row() for p in t.partitions], t.configs] for t in self.topics]
+        return [rows]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> DescribeTopicResponse:
+        (rows,) = _fields(control, "control", 1)
+        return cls(
+            topics=[
+                DescribedTopic(
+                    _int(error_code, "topics[].error_code", _I16),
+                    _str(name, "topics[].name"),
+                    _partitions(partitions, "topics[].partitions"),
+                    _str_map(configs, "topics[].configs"),
+                )
+                for error_code, name, partitions, configs in _rows(rows, "topics", 4)
+            ]
+        )
+
+
+@dataclass(slots=True, kw_only=True)
+class DescribeClusterRequest(Request):
+    API_KEY: ClassVar[int] = ApiKey.DESCRIBE_CLUSTER
+
+    def to_control(self) -> list:
+        return []
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> DescribeClusterRequest:
+        _fields(control, "control", 0)
+        return cls()
+
+
+@dataclass(slots=True)
+class DescribedBroker:
+    node_id: int
+    host: str
+    port: int
+    fenced: bool
+
+
+@dataclass(slots=True, kw_only=True)
+class DescribeClusterResponse(Response):
+    API_KEY: ClassVar[int] = ApiKey.DESCRIBE_CLUSTER
+    error_code: int = ErrorCode.NONE
+    cluster_id: str | None = None
+    controller_id: int = NO_NODE_ID
+    brokers: list[DescribedBroker] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        brokers = [[b.node_id, b.host, b.port, b.fenced] for b in self.brokers]
+        return [self.error_code, self.cluster_id, self.controller_id, brokers]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> DescribeClusterResponse:
+        error_code, cluster_id, controller_id, brokers = _fields(control, "control", 4)
+        return cls(
+            error_code=_int(error_code, "error_code", _I16),
+            cluster_id=_opt_str(cluster_id, "cluster_id"),
+            controller_id=_int(controller_id, "controller_id", _I32),
+            brokers=[
+                DescribedBroker(
+                    _int(node_id, "brokers[].node_id", _I32),
+                    _str(host, "brokers[].host"),
+                    _int(port, "brokers[].port", _U16),
+                    _bool(fenced, "brokers[].fenced"),
+                )
+                for node_id, host, port, fenced in _rows(brokers, "brokers", 4)
+            ],
+        )
+
+
+# --- CreateTopics, DeleteTopics -------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class NewTopic:
+    name: str
+    num_partitions: int
+    replication_factor: int
+    configs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class TopicResult:
+    """Outcome for one topic of CreateTopics or DeleteTopics."""
+
+    name: str
+    error_code: int
+    error_message: str | None = None
+
+
+def _topic_results_control(results: list[TopicResult]) -> list:
+    return [[[r.name, r.error_code, r.error_message] for r in results]]
+
+
+def _topic_results(control: Any) -> list[TopicResult]:
+    (rows,) = _fields(control, "control", 1)
+    return [
+        TopicResult(
+            _str(name, "topics[].name"),
+            _int(error_code, "topics[].error_code", _I16),
+            _opt_str(message, "topics[].error_message"),
+        )
+        for name, error_code, message in _rows(rows, "topics", 3)
+    ]
+
+
+@dataclass(slots=True, kw_only=True)
+class CreateTopicsRequest(Request):
+    """Create topics; with validate_only the controller checks everything and creates nothing."""
+
+    API_KEY: ClassVar[int] = ApiKey.CREATE_TOPICS
+    topics: list[NewTopic] = field(default_factory=list)
+    timeout_ms: int = REQUEST_TIMEOUT_MS_DEFAULT
+    validate_only: bool = False
+
+    def to_control(self) -> list:
+        rows = [[t.name, t.num_partitions, t.replication_factor, t.configs] for t in self.topics]
+        return [rows, self.timeout_ms, self.validate_only]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> CreateTopicsRequest:
+        rows, timeout_ms, validate_only = _fields(control, "control", 3)
+        return cls(
+            topics=[
+                NewTopic(
+                    _str(name, "topics[].name"),
+                    _int(partitions, "topics[].num_partitions", _I32),
+                    _int(factor, "topics[].replication_factor", _I16),
+                    _str_map(configs, "topics[].configs"),
+                )
+                for name, partitions, factor, configs in _rows(rows, "topics", 4)
+            ],
+            timeout_ms=_int(timeout_ms, "timeout_ms", _I32),
+            validate_only=_bool(validate_only, "validate_only"),
+        )
+
+
+@dataclass(slots=True, kw_only=True)
+class CreateTopicsResponse(Response):
+    API_KEY: ClassVar[int] = ApiKey.CREATE_TOPICS
+    topics: list[TopicResult] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        return _topic_results_control(self.topics)
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> CreateTopicsResponse:
+        return cls(topics=_topic_results(control))
+
+
+@dataclass(slots=True, kw_only=True)
+class DeleteTopicsRequest(Request):
+    API_KEY: ClassVar[int] = ApiKey.DELETE_TOPICS
+    names: list[str] = field(default_factory=list)
+    timeout_ms: int = REQUEST_TIMEOUT_MS_DEFAULT
+
+    def to_control(self) -> list:
+        return [self.names, self.timeout_ms]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> DeleteTopicsRequest:
+        names, timeout_ms = _fields(control, "control", 2)
+        return cls(names=_str_list(names, "names"), timeout_ms=_int(timeout_ms, "timeout_ms", _I32))
+
+
+@dataclass(slots=True, kw_only=True)
+class DeleteTopicsResponse(Response):
+    API_KEY: ClassVar[int] = ApiKey.DELETE_TOPICS
+    topics: list[TopicResult] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        return _topic_results_control(self.topics)
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> DeleteTopicsResponse:
+        return cls(topics=_topic_results(control))
+
+
+# --- Produce --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ProducePartition:
+    """Record batches for one partition.
+
+    Encoding takes one bytes-like object or a list of them (one or more concatenated batches);
+    decoding gives one memoryview slice of the frame payload, never a copy.
+    """
+
+    partition: int
+    records: Any
+
+
+@dataclass(slots=True)
+class ProduceTopic:
+    topic: str
+    partitions: list[ProducePartition]
+
+
+@dataclass(slots=True, kw_only=True)
+class ProduceRequest(Request):
+    """Append batches. Control: [acks, timeout_ms, [[topic, [[partition, records_length]]]]]."""
+
+    API_KEY: ClassVar[int] = ApiKey.PRODUCE
+    acks: int = ACKS_ALL
+    timeout_ms: int = REQUEST_TIMEOUT_MS_DEFAULT
+    topics: list[ProduceTopic] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        topics = [
+            [t.topic, [[p.partition, _records_bytes(p.records)] for p in t.partitions]] for t in self.topics
+        ]
+        return [self.acks, self.timeout_ms, topics]
+
+    def payload_parts(self) -> list[Any]:
+        return [piece for t in self.topics for p in t.partitions for piece in _records_parts(p.records)]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> ProduceRequest:
+        acks, timeout_ms, rows = _fields(control, "control", 3)
+        topics = []
+        for topic, partitions in _rows(rows, "topics", 2):
+            decoded = [
+                ProducePartition(
+                    _int(partition, "topics[].partitions[].partition", _I32),
+                    payload.take(
+                        _int(length, "topics[].partitions[].records_length", _U32),
+                        "topics[].partitions[].records_length",
+                    ),
+                )
+                for partition, length in _rows(partitions, "topics[].partitions", 2)
+            ]
+            topics.append(ProduceTopic(_str(topic, "topics[].topic"), decoded))
+        return cls(acks=_int(acks, "acks", _I16), timeout_ms=_int(timeout_ms, "timeout_ms", _I32), topics=topics)
+
+
+@dataclass(slots=True)
+class ProducePartitionResult:
+    partition: int
+    error_code: int
+    error_message: str | None = None
+    base_offset: int = NO_OFFSET
+    log_append_time_ms: int = NO_TIMESTAMP
+    log_start_offset: int = NO_OFFSET
+
+
+@dataclass(slots=True)
+class ProduceTopicResult:
+    topic: str
+    partitions: list[ProducePartitionResult]
+
+
+@dataclass(slots=True, kw_only=True)
+class ProduceResponse(Response):
+    API_KEY: ClassVar[int] = ApiKey.PRODUCE
+    topics: list[ProduceTopicResult] = field(default_factory=list)
+    throttle_time_ms: int = 0
+
+    def to_control(self) -> list:
+        topics = [
+            [
+                t.topic,
+                [
+                    [
+                        p.partition,
+                        p.error_code,
+                        p.error_message,
+                        p.base_offset,
+                        p.log_append_time_ms,
+                        p.log_start_offset,
+                    ]
+                    for p in t.partitions
+                ],
+            ]
+            for t in self.topics
+        ]
+        return [topics, self.throttle_time_ms]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> ProduceResponse:
+        rows, throttle_time_ms = _fields(control, "control", 2)
+        path = "topics[].partitions[]."
+        topics = [
+            ProduceTopicResult(
+                _str(topic, "topics[].topic"),
+                [
+                    ProducePartitionResult(
+                        _int(partition, path + "partition", _I32),
+                        _int(error_code, path + "error_code", _I16),
+                        _opt_str(message, path + "error_message"),
+                        _int(base_offset, path + "base_offset", _I64),
+                        _int(append_time, path + "log_append_time_ms", _I64),
+                        _int(start_offset, path + "log_start_offset", _I64),
+                    )
+                    for partition, error_code, message, base_offset, append_time, start_offset in _rows(
+                        partitions, "topics[].partitions", 6
+                    )
+                ],
+            )
+            for topic, partitions in _rows(rows, "topics", 2)
+        ]
+        return cls(topics=topics, throttle_time_ms=_int(throttle_time_ms, "throttle_time_ms", _I32))
+
+
+# --- Fetch ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class FetchPartition:
+    partition: int
+    fetch_offset: int
+    partition_max_bytes: int = FETCH_PARTITION_BYTES_MAX_DEFAULT
+    current_leader_epoch: int = NO_LEADER_EPOCH
+
+
+@dataclass(slots=True)
+class FetchTopic:
+    topic: str
+    partitions: list[FetchPartition]
+
+
+@dataclass(slots=True, kw_only=True)
+class FetchRequest(Request):
+    """Read batches from fetch_offset on; followers set replica_id to their node id.
+
+    Control: [replica_id, max_wait_ms, min_bytes, max_bytes, isolation_level,
+              [[topic, [[partition, fetch_offset, partition_max_bytes, current_leader_epoch]]]]]
+    """
+
+    API_KEY: ClassVar[int] = ApiKey.FETCH
+    replica_id: int = CONSUMER_REPLICA_ID
+    max_wait_ms: int = FETCH_MAX_WAIT_MS_DEFAULT
+    min_bytes: int = FETCH_MIN_BYTES_DEFAULT
+    max_bytes: int = FETCH_BYTES_MAX_DEFAULT
+    isolation_level: int = READ_UNCOMMITTED
+    topics: list[FetchTopic] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        topics = [
+            [
+                t.topic,
+                [[p.partition, p.fetch_offset, p.partition_max_bytes, p.current_leader_epoch] for p in t.partitions],
+            ]
+            for t in self.topics
+        ]
+        return [self.replica_id, self.max_wait_ms, self.min_bytes, self.max_bytes, self.isolation_level, topics]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> FetchRequest:
+        replica_id, max_wait_ms, min_bytes, max_bytes, isolation_level, rows = _fields(control, "control", 6)
+        path = "topics[].partitions[]."
+        topics = [
+            FetchTopic(
+                _str(topic, "topics[].topic"),
+                [
+                    FetchPartition(
+                        _int(partition, path + "partition", _I32),
+                        _int(offset, path + "fetch_offset", _I64),
+                        _int(max_part_bytes, path + "partition_max_bytes", _I32),
+                        _int(epoch, path + "current_leader_epoch", _I32),
+                    )
+                    for partition, offset, max_part_bytes, epoch in _rows(partitions, "topics[].partitions", 4)
+                ],
+            )
+            for topic, partitions in _rows(rows, "topics", 2)
+        ]
+        return cls(
+            replica_id=_int(replica_id, "replica_id", _I32),
+            max_wait_ms=_int(max_wait_ms, "max_wait_ms", _I32),
+            min_bytes=_int(min_bytes, "min_bytes", _I32),
+            max_bytes=_int(max_bytes, "max_bytes", _I32),
+            isolation_level=_isolation_level(isolation_level),
+            topics=topics,
+        )
+
+
+def _isolation_level(value: Any) -> int:
+    if type(value) is not int or value not in _ISOLATION_LEVELS:
+        raise _Malformed(
+            f"isolation_level must be {READ_UNCOMMITTED} (read_uncommitted) or "
+            f"{READ_COMMITTED} (read_committed), got {_describe(value)}"
+        )
+    return value
+
+
+@dataclass(slots=True)
+class FetchPartitionResult:
+    """One partition of a fetch response.
+
+    `records`: to encode, one bytes-like object, a list of them, or objects with an int
+    `nbytes` (file regions the broker's writer sends with sendfile); decoded, one memoryview
+    slice of the frame payload.
+    """
+
+    partition: int
+    error_code: int
+    high_watermark: int = NO_OFFSET
+    last_stable_offset: int = NO_OFFSET
+    log_start_offset: int = NO_OFFSET
+    records: Any = b""
+
+
+@dataclass(slots=True)
+class FetchTopicResult:
+    topic: str
+    partitions: list[FetchPartitionResult]
+
+
+@dataclass(slots=True, kw_only=True)
+class FetchResponse(Response):
+    """Control: [throttle_time_ms, error_code, [[topic, [[partition, error_code, high_watermark,
+    last_stable_offset, log_start_offset, records_length]]]]]; records follow as payload."""
+
+    API_KEY: ClassVar[int] = ApiKey.FETCH
+    throttle_time_ms: int = 0
+    error_code: int = ErrorCode.NONE
+    topics: list[FetchTopicResult] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        topics = [
+            [
+                t.topic,
+                [
+                    [
+                        p.partition,
+                        p.error_code,
+                        p.high_watermark,
+                        p.last_stable_offset,
+                        p.log_start_offset,
+                        _records_bytes(p.records),
+                    ]
+                    for p in t.partitions
+                ],
+            ]
+            for t in self.topics
+        ]
+        return [self.throttle_time_ms, self.error_code, topics]
+
+    def payload_parts(self) -> list[Any]:
+        return [piece for t in self.topics for p in t.partitions for piece in _records_parts(p.records)]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> FetchResponse:
+        throttle_time_ms, error_code, rows = _fields(control, "control", 3)
+        path = "topics[].partitions[]."
+        topics = []
+        for topic, partitions in _rows(rows, "topics", 2):
+            decoded = [
+                FetchPartitionResult(
+                    _int(partition, path + "partition", _I32),
+                    _int(part_error, path + "error_code", _I16),
+                    _int(high_watermark, path + "high_watermark", _I64),
+                    _int(stable, path + "last_stable_offset", _I64),
+                    _int(start, path + "log_start_offset", _I64),
+                    payload.take(_int(length, path + "records_length", _U32), path + "records_length"),
+                )
+                for partition, part_error, high_watermark, stable, start, length in _rows(
+                    partitions, "topics[].partitions", 6
+                )
+            ]
+            topics.append(FetchTopicResult(_str(topic, "topics[].topic"), decoded))
+        return cls(
+            throttle_time_ms=_int(throttle_time_ms, "throttle_time_ms", _I32),
+            error_code=_int(error_code, "error_code", _I16),
+            topics=topics,
+        )
+
+
+# --- ListOffsets ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ListOffsetsPartition:
+    """timestamp: LATEST_TIMESTAMP (-1), EARLIEST_TIMESTAMP (-2), or a time in ms: the first
+    offset whose timestamp is at least it."""
+
+    partition: int
+    timestamp: int = LATEST_TIMESTAMP
+
+
+@dataclass(slots=True)
+class ListOffsetsTopic:
+    topic: str
+    partitions: list[ListOffsetsPartition]
+
+
+@dataclass(slots=True, kw_only=True)
+class ListOffsetsRequest(Request):
+    API_KEY: ClassVar[int] = ApiKey.LIST_OFFSETS
+    replica_id: int = CONSUMER_REPLICA_ID
+    isolation_level: int = READ_UNCOMMITTED
+    topics: list[ListOffsetsTopic] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        topics = [[t.topic, [[p.partition, p.timestamp] for p in t.partitions]] for t in self.topics]
+        return [self.replica_id, self.isolation_level, topics]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> ListOffsetsRequest:
+        replica_id, isolation_level, rows = _fields(control, "control", 3)
+        topics = [
+            ListOffsetsTopic(
+                _str(topic, "topics[].topic"),
+                [
+                    ListOffsetsPartition(
+                        _int(partition, "topics[].partitions[].partition", _I32),
+                        _int(timestamp, "topics[].partitions[].timestamp", _I64),
+                    )
+                    for partition, timestamp in _rows(partitions, "topics[].partitions", 2)
+                ],
+            )
+            for topic, partitions in _rows(rows, "topics", 2)
+        ]
+        return cls(
+            replica_id=_int(replica_id, "replica_id", _I32),
+            isolation_level=_isolation_level(isolation_level),
+            topics=topics,
+        )
+
+
+@dataclass(slots=True)
+class ListOffsetsPartitionResult:
+    partition: int
+    error_code: int
+    timestamp: int = NO_TIMESTAMP
+    offset: int = NO_OFFSET
+
+
+@dataclass(slots=True)
+class ListOffsetsTopicResult:
+    topic: str
+    partitions: list[ListOffsetsPartitionResult]
+
+
+@dataclass(slots=True, kw_only=True)
+class ListOffsetsResponse(Response):
+    API_KEY: ClassVar[int] = ApiKey.LIST_OFFSETS
+    topics: list[ListOffsetsTopicResult] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        topics = [
+            [t.topic, [[p.partition, p.error_code, p.timestamp, p.offset] for p in t.partitions]]
+            for t in self.topics
+        ]
+        return [topics]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> ListOffsetsResponse:
+        (rows,) = _fields(control, "control", 1)
+        path = "topics[].partitions[]."
+        topics = [
+            ListOffsetsTopicResult(
+                _str(topic, "topics[].topic"),
+                [
+                    ListOffsetsPartitionResult(
+                        _int(partition, path + "partition", _I32),
+                        _int(error_code, path + "error_code", _I16),
+                        _int(timestamp, path + "timestamp", _I64),
+                        _int(offset, path + "offset", _I64),
+                    )
+                    for partition, error_code, timestamp, offset in _rows(partitions, "topics[].partitions", 4)
+                ],
+            )
+            for topic, partitions in _rows(rows, "topics", 2)
+        ]
+        return cls(topics=topics)
+
+
+# --- registry -------------------------------------------------------------------------------
+
+# api_key -> (request class, response class), and api_key -> (min_version, max_version).
+MESSAGE_TYPES: dict[int, tuple[type[Request], type[Response]]] = {}
+API_VERSIONS: dict[int, tuple[int, int]] = {}
+
+
+def register_api(
+    request_cls: type[Request], response_cls: type[Response], min_version: int = 0, max_version: int = 0
+) -> None:
+    """Make an API decodable and advertise its versions in ApiVersions."""
+    api_key = request_cls.API_KEY
+    if response_cls.API_KEY != api_key:
+        raise ValueError(f"{request_cls.__name__} and {response_cls.__name__} have different API keys")
+    if api_key in MESSAGE_TYPES:
+        raise ValueError(f"api key {api_key} is already registered")
+    if not 0 <= min_version <= max_version:
+        raise ValueError(f"bad version range {min_version}..{max_version} for api key {api_key}")
+    MESSAGE_TYPES[api_key] = (request_cls, response_cls)
+    API_VERSIONS[api_key] = (min_version, max_version)
+
+
+register_api(ProduceRequest, ProduceResponse)
+register_api(FetchRequest, FetchResponse)
+register_api(ListOffsetsRequest, ListOffsetsResponse)
+register_api(MetadataRequest, MetadataResponse)
+register_api(ApiVersionsRequest, ApiVersionsResponse)
+register_api(CreateTopicsRequest, CreateTopicsResponse)
+register_api(DeleteTopicsRequest, DeleteTopicsResponse)
+register_api(DescribeClusterRequest, DescribeClusterResponse)
+register_api(DescribeTopicRequest, DescribeTopicResponse)
+
+
+def api_name(api_key: int) -> str:
+    """Readable name of an API key for messages and logs, known or not."""
+    try:
+        return ApiKey(api_key).name
+    except ValueError:
+        return f"api key {api_key}"
+
+
+def message_types(api_key: int, api_version: int) -> tuple[type[Request], type[Response]]:
+    """The request and response classes of an API version; raises UnsupportedApi/Version errors."""
+    types = MESSAGE_TYPES.get(api_key)
+    if types is None:
+        reserved = " is reserved but not implemented" if api_key in ApiKey._value2member_map_ else " is unknown"
+        raise UnsupportedApiError(f"{api_name(api_key)} ({api_key}){reserved}")
+    low, high = API_VERSIONS[api_key]
+    if not low <= api_version <= high:
+        raise UnsupportedVersionError(
+            f"{api_name(api_key)} version {api_version} is not supported (supported: {low} to {high})"
+        )
+    return types
+
+
+def decode_request(frame: RequestFrame) -> Request:
+    """The typed request in a frame. Raises UnsupportedApiError, UnsupportedVersionError or
+    InvalidRequestError; for all of them the broker may answer with encode_error_response."""
+    request_cls, _ = message_types(frame.api_key, frame.api_version)
+    return request_cls.from_control(frame.control, frame.payload)
+
+
+def decode_response(api_key: int, frame: ResponseFrame, api_version: int = 0) -> Response:
+    """The typed response to a request of `api_key`. Raises RequestRejectedError when the broker
+    sent an error response instead, InvalidResponseError on a malformed control part."""
+    _, response_cls = message_types(api_key, api_version)
+    if type(frame.control) is dict:
+        raise _rejection(api_key, frame.control)
+    return response_cls.from_control(frame.control, frame.payload)
+
+
+# An error response is a msgpack map, while every typed response is a list: a broker that
+# cannot decode a request still answers it, so the client learns why instead of seeing the
+# connection drop. Only frame-level errors (no trustworthy correlation id) close a connection.
+_ERROR_CODE_KEY = "error_code"
+_ERROR_MESSAGE_KEY = "error_message"
+
+
+def encode_error_response(
+    correlation_id: int,
+    error_code: int,
+    error_message: str,
+    max_frame_bytes: int = FRAME_BYTES_MAX_DEFAULT,
+) -> list[Any]:
+    """Frame the answer to a request that could not be decoded (see decode_response)."""
+    control = {_ERROR_CODE_KEY: int(error_code), _ERROR_MESSAGE_KEY: error_message}
+    return encode_response(correlation_id, control, (), max_frame_bytes)
+
+
+def _rejection(api_key: int, control: dict) -> ProtocolError:
+    code = control.get(_ERROR_CODE_KEY)
+    message = control.get(_ERROR_MESSAGE_KEY)
+    if type(code) is not int or type(message) is not str or len(control) != 2:
+        return InvalidResponseError(
+            f"{api_name(api_key)} error response must be a map of error_code (int) and error_message (str)"
+        )
+    known = ErrorCode.lookup(code)
+    return RequestRejectedError(f"broker rejected the {api_name(api_key)} request: {message}", known or code)
+
+
+def encode_request_message(
+    request: Request,
+    correlation_id: int,
+    api_version: int | None = None,
+    max_frame_bytes: int = FRAME_BYTES_MAX_DEFAULT,
+) -> list[Any]:
+    """Frame a typed request for writelines (newest supported version unless given)."""
+    version = API_VERSIONS[request.API_KEY][1] if api_version is None else api_version
+    control = request.to_control()
+    return encode_request(
+        request.API_KEY, version, correlation_id, control, request.payload_parts(), max_frame_bytes
+    )
+
+
+def encode_response_message(
+    response: Response, correlation_id: int, max_frame_bytes: int = FRAME_BYTES_MAX_DEFAULT
+) -> list[Any]:
+    """Frame a typed response for writelines; record bytes stay the caller's objects."""
+    return encode_response(correlation_id, response.to_control(), response.payload_parts(), max_frame_bytes)
