@@ -191,7 +191,11 @@ class FrameDecoder:
         frame_bytes = LENGTH_PREFIX_BYTES + len(body)
         if self.is_request:
             api_key, api_version, correlation_id, control_length = _REQUEST_FIELDS.unpack_from(body)
-            control, payload = _split_control(body, _REQUEST_FIELDS.size, control_length)
+            try:
+                control, payload = _split_control(body, _REQUEST_FIELDS.size, control_length)
+            except FrameError as exc:
+                exc.correlation_id = correlation_id  # type: ignore[attr-defined]  # whole frame: answerable
+                raise
             return RequestFrame(api_key, api_version, correlation_id, control, payload, frame_bytes)
         correlation_id, control_length = _RESPONSE_FIELDS.unpack_from(body)
         control, payload = _split_control(body, _RESPONSE_FIELDS.size, control_length)

@@ -1,0 +1,196 @@
+"""Client commands of the `tidelog` CLI: topics, produce, consume. They use only the SDK.
+
+Exit status: 0 on success, 1 with one line on stderr for any failure the user can act on
+(unknown topic, broker unreachable, invalid config), 2 for bad flags (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from typing import Any
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9292"
+
+
+class CliError(Exception):
+    """A failure worth one line on stderr and exit status 1."""
+
+
+def add_client_commands(sub: argparse._SubParsersAction) -> None:
+    topics = sub.add_parser("topics", help="create, list, describe, delete topics")
+    topic_sub = topics.add_subparsers(dest="topics_command", required=True)
+    create = topic_sub.add_parser("create", help="create a topic")
+    create.add_argument("name")
+    create.add_argument("--partitions", type=int, default=1)
+    create.add_argument("--replication-factor", type=int, default=1)
+    create.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                        help="topic setting, e.g. retention.ms=3600000 (repeatable)")
+    topic_sub.add_parser("list", help="list topics")
+    describe = topic_sub.add_parser("describe", help="partitions, leaders, replicas, ISR and configs")
+    describe.add_argument("name")
+    delete = topic_sub.add_parser("delete", help="delete a topic and its data")
+    delete.add_argument("name")
+    for parser in (create, describe, delete, topic_sub.choices["list"]):
+        _add_common(parser)
+
+    produce = sub.add_parser("produce", help="send one record per stdin line")
+    produce.add_argument("topic")
+    produce.add_argument("--acks", default="1", choices=["0", "1", "all", "-1"])
+    produce.add_argument("--key-separator", default=None, metavar="SEP",
+                         help="split each line at the first SEP into key and value")
+    produce.add_argument("--partition", type=int, default=None)
+    produce.add_argument("--linger-ms", type=int, default=5)
+    _add_common(produce)
+
+    consume = sub.add_parser("consume", help="print records, one value per line")
+    consume.add_argument("topic")
+    consume.add_argument("--group", default=None, help="consumer group id")
+    consume.add_argument("--from-beginning", action="store_true", help="start at the earliest offset")
+    consume.add_argument("--max-messages", type=int, default=None, metavar="N", help="exit after N records")
+    consume.add_argument("--timeout-ms", type=int, default=None, help="exit after this long without a record")
+    consume.add_argument("--print-key", action="store_true", help="print KEY<TAB>VALUE")
+    consume.add_argument("--print-offset", action="store_true", help="prefix partition:offset")
+    _add_common(consume)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bootstrap", default=os.environ.get("TIDELOG_BOOTSTRAP", DEFAULT_BOOTSTRAP),
+                        help="HOST:PORT[,HOST:PORT...] (default $TIDELOG_BOOTSTRAP or 127.0.0.1:9292)")
+    parser.add_argument("--request-timeout-ms", type=int, default=10_000)
+
+
+def run_client_command(args: argparse.Namespace) -> int:
+    """Run one client command; map every SDK error to one line on stderr and exit 1."""
+    from client.errors import TidelogError
+
+    handler = {"topics": _topics, "produce": _produce, "consume": _consume}[args.command]
+    try:
+        return asyncio.run(handler(args))
+    except (TidelogError, CliError, OSError) as exc:
+        print(f"tidelog: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _topics(args: argparse.Namespace) -> int:
+    from client import Admin
+
+    async with Admin(bootstrap_servers=args.bootstrap, request_timeout_ms=args.request_timeout_ms) as admin:
+        command = args.topics_command
+        if command == "create":
+            config = _parse_config(args.config)
+            await admin.create_topic(args.name, partitions=args.partitions,
+                                     replication_factor=args.replication_factor, config=config)
+            print(f"created topic {args.name} with {args.partitions} partition(s)")
+        elif command == "list":
+            for name in sorted(await admin.list_topics()):
+                print(name)
+        elif command == "describe":
+            _print_description(await admin.describe_topic(args.name))
+        elif command == "delete":
+            await admin.delete_topic(args.name)
+            print(f"deleted topic {args.name}")
+    return 0
+
+
+def _parse_config(pairs: list[str]) -> dict[str, str]:
+    config = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"--config {pair!r} is not KEY=VALUE")
+        config[key] = value
+    return config
+
+
+def _print_description(description: Any) -> None:
+    print(f"topic {description.name}")
+    for key, value in sorted((getattr(description, "config", None) or {}).items()):
+        print(f"  config {key}={value}")
+    for p in description.partitions:
+        print(f"  partition={p.partition} leader={p.leader} leader_epoch={p.leader_epoch} "
+              f"replicas={','.join(map(str, p.replicas))} isr={','.join(map(str, p.isr))}")
+
+
+async def _produce(args: argparse.Namespace) -> int:
+    from client import Producer
+
+    acks: int | str = "all" if args.acks in ("all", "-1") else int(args.acks)
+    loop = asyncio.get_running_loop()
+    sent = 0
+    async with Producer(bootstrap_servers=args.bootstrap, acks=acks, linger_ms=args.linger_ms,
+                        request_timeout_ms=args.request_timeout_ms) as producer:
+        pending = []
+        while True:
+            line = await loop.run_in_executor(None, sys.stdin.buffer.readline)
+            if not line:
+                break
+            line = line.rstrip(b"\r\n")
+            key = None
+            if args.key_separator is not None:
+                key, sep, value = line.partition(args.key_separator.encode())
+                if not sep:
+                    key, value = None, line
+            else:
+                value = line
+            pending.append(await producer.send(args.topic, value=value, key=key, partition=args.partition))
+            sent += 1
+            if len(pending) >= 10_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await producer.flush()
+        await asyncio.gather(*pending)
+    print(f"produced {sent} record(s) to {args.topic}", file=sys.stderr)
+    return 0
+
+
+async def _consume(args: argparse.Namespace) -> int:
+    from client import Consumer
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    reset = "earliest" if args.from_beginning else "latest"
+    kwargs: dict[str, Any] = dict(bootstrap_servers=args.bootstrap, auto_offset_reset=reset,
+                                  request_timeout_ms=args.request_timeout_ms)
+    if args.group:
+        kwargs["group_id"] = args.group
+    received = 0
+    last_record_at = loop.time()
+    out = sys.stdout.buffer
+    async with Consumer(args.topic, **kwargs) as consumer:
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=200)
+            if not batches:
+                if args.timeout_ms is not None and (loop.time() - last_record_at) * 1000 >= args.timeout_ms:
+                    break
+                continue
+            last_record_at = loop.time()
+            for records in batches.values():
+                for record in records:
+                    out.write(_format(record, args))
+                    received += 1
+                    if args.max_messages is not None and received >= args.max_messages:
+                        out.flush()
+                        return 0
+            out.flush()
+            if args.group:
+                await consumer.commit()
+    return 0
+
+
+def _format(record: Any, args: argparse.Namespace) -> bytes:
+    value = record.value if record.value is not None else b"null"
+    parts = []
+    if args.print_offset:
+        parts.append(f"{record.partition}:{record.offset}".encode())
+    if args.print_key:
+        parts.append(record.key if record.key is not None else b"null")
+    parts.append(value)
+    return b"\t".join(parts) + b"\n"

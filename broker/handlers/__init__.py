@@ -1,0 +1,122 @@
+"""Request handlers, one module per area, and the dispatcher that routes frames to them.
+
+A handler is `async def handle(ctx: HandlerContext, request) -> Response | None` (None: send
+nothing, as for an acks=0 produce). The dispatcher decodes the frame, calls the handler and
+frames the response; every failure becomes an error response, never an exception that could
+reach the connection or the server:
+
+- the frame decodes but the API key, version or control shape is wrong: the error response
+  of the codec (UNSUPPORTED_API, UNSUPPORTED_VERSION, INVALID_REQUEST) and a rate-limited
+  warning;
+- a handler raises: UNKNOWN_SERVER_ERROR and an error line with the traceback.
+
+Handlers that append (produce) must do so before their first `await`: the connection starts
+one task per request in arrival order, and that is what keeps pipelined produces in order.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
+
+from client.protocol.errors import ErrorCode, FrameTooLargeError, ProtocolError
+from client.protocol.frames import RequestFrame
+from client.protocol.limits import FRAME_BYTES_MAX_CEILING
+from client.protocol.messages import (
+    ACKS_NONE,
+    ApiKey,
+    Response,
+    decode_request,
+    encode_error_response,
+    encode_response_message,
+)
+
+if TYPE_CHECKING:
+    from broker.config import BrokerConfig
+    from broker.logging import StructuredLogger
+    from broker.partitions import ReplicaManager
+    from broker.server import MetadataService
+
+# The peer of the request being handled (each request runs in its own task, so its own
+# context): lets a handler's warning name the client without threading it through every call.
+current_peer: contextvars.ContextVar[str] = contextvars.ContextVar("current_peer", default="unknown")
+
+# A response frame is bounded by what built it (fetch by fetch_bytes_max, metadata by the
+# topic count); the encoder only guards the u32 length prefix.
+RESPONSE_FRAME_BYTES_MAX = FRAME_BYTES_MAX_CEILING
+
+
+@dataclass(slots=True)
+class HandlerContext:
+    """What handlers may use: public objects only, never the server's internals."""
+
+    config: BrokerConfig
+    metadata: MetadataService
+    replicas: ReplicaManager
+    log: StructuredLogger
+    warn_bad_input: Callable[..., None]
+    served_api_keys: tuple[int, ...] = ()  # filled in by the Dispatcher (ApiVersions lists them)
+
+
+Handler = Callable[[HandlerContext, Any], Awaitable[Response | None]]
+
+
+def _handlers() -> dict[int, Handler]:
+    from broker.handlers import fetch, meta, offsets, produce, topics
+
+    return {
+        ApiKey.API_VERSIONS: meta.handle_api_versions,
+        ApiKey.METADATA: meta.handle_metadata,
+        ApiKey.DESCRIBE_TOPIC: meta.handle_describe_topic,
+        ApiKey.DESCRIBE_CLUSTER: meta.handle_describe_cluster,
+        ApiKey.CREATE_TOPICS: topics.handle_create_topics,
+        ApiKey.DELETE_TOPICS: topics.handle_delete_topics,
+        ApiKey.PRODUCE: produce.handle_produce,
+        ApiKey.FETCH: fetch.handle_fetch,
+        ApiKey.LIST_OFFSETS: offsets.handle_list_offsets,
+    }
+
+
+class Dispatcher:
+    """Routes request frames to handlers and frames their answers (see the module docstring)."""
+
+    def __init__(self, ctx: HandlerContext):
+        self.ctx = ctx
+        self.handlers = _handlers()
+        ctx.served_api_keys = tuple(sorted(self.handlers))
+
+    async def dispatch(self, frame: RequestFrame, peer: str) -> Sequence[Any] | None:
+        """Encoded response parts for `frame`, or None when no response is due."""
+        correlation_id = frame.correlation_id
+        current_peer.set(peer)
+        handler = self.handlers.get(frame.api_key)
+        try:
+            request = decode_request(frame)
+            if handler is None:  # known to the codec but not served by this broker yet
+                message = f"api key {frame.api_key} is not served"
+                return self.error_response(correlation_id, ErrorCode.UNSUPPORTED_API, message)
+        except ProtocolError as exc:
+            self.ctx.warn_bad_input(
+                "bad_request", peer, api_key=frame.api_key, api_version=frame.api_version,
+                error=exc.error_code.name, detail=exc.message,
+            )
+            return self.error_response(correlation_id, exc.error_code, exc.message)
+        try:
+            response = await handler(self.ctx, request)
+            if response is None:
+                return None
+            return encode_response_message(response, correlation_id, RESPONSE_FRAME_BYTES_MAX)
+        except FrameTooLargeError as exc:
+            self.ctx.log.error("response_too_large", api_key=frame.api_key, peer=peer, detail=exc.message)
+            return self.error_response(correlation_id, ErrorCode.UNKNOWN_SERVER_ERROR, "response too large to frame")
+        except Exception as exc:
+            self.ctx.log.error("handler_failed", exc_info=True, api_key=frame.api_key, peer=peer, error=type(exc).__name__)
+            if getattr(request, "acks", None) == ACKS_NONE:
+                return None  # an acks=0 producer reads no responses: one now would break its stream
+            return self.error_response(
+                correlation_id, ErrorCode.UNKNOWN_SERVER_ERROR, f"the broker failed on this request: {type(exc).__name__}"
+            )
+
+    def error_response(self, correlation_id: int, error_code: int, message: str) -> list[Any]:
+        return encode_error_response(correlation_id, error_code, message, RESPONSE_FRAME_BYTES_MAX)

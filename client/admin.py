@@ -1,0 +1,221 @@
+"""Admin: create, delete, list and describe topics; describe the cluster.
+
+    async with Admin(bootstrap_servers="127.0.0.1:9292") as admin:
+        await admin.create_topic("orders", partitions=6, replication_factor=3)
+
+Every failure raises the client.errors class of its wire code, its message naming the topic and
+the broker that answered. Retriable answers (NOT_CONTROLLER, a lost connection, ...) are retried
+with retry_backoff_ms and fresh metadata until request_timeout_ms has passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Awaitable, Callable, Iterable, TypeVar
+
+from client.cluster import METADATA_MAX_AGE_MS_DEFAULT, RETRY_BACKOFF_MS_DEFAULT, Cluster
+from client.connection import Connection
+from client.errors import (
+    BrokerUnreachableError,
+    IllegalStateError,
+    TidelogError,
+    TidelogTimeoutError,
+    error_for_code,
+)
+from client.protocol.errors import ErrorCode
+from client.protocol.limits import REQUEST_TIMEOUT_MS_DEFAULT
+from client.protocol.messages import (
+    ApiKey,
+    CreateTopicsRequest,
+    DeleteTopicsRequest,
+    DescribeClusterRequest,
+    DescribeTopicRequest,
+    MetadataRequest,
+    NewTopic,
+)
+from client.types import BrokerDescription, ClusterDescription, PartitionDescription, TopicDescription
+
+T = TypeVar("T")
+
+_ADMIN_APIS = (
+    ApiKey.METADATA,
+    ApiKey.CREATE_TOPICS,
+    ApiKey.DELETE_TOPICS,
+    ApiKey.DESCRIBE_TOPIC,
+    ApiKey.DESCRIBE_CLUSTER,
+)
+
+
+class Admin:
+    def __init__(
+        self,
+        bootstrap_servers: str | Iterable[str] = "127.0.0.1:9292",
+        *,
+        client_id: str = "tidelog-python",
+        request_timeout_ms: float = REQUEST_TIMEOUT_MS_DEFAULT,
+        retry_backoff_ms: float = RETRY_BACKOFF_MS_DEFAULT,
+        metadata_max_age_ms: float = METADATA_MAX_AGE_MS_DEFAULT,
+    ):
+        self.bootstrap_servers = bootstrap_servers
+        self.client_id = client_id
+        self.request_timeout_ms = request_timeout_ms
+        self.retry_backoff_ms = retry_backoff_ms
+        self.metadata_max_age_ms = metadata_max_age_ms
+        self._cluster: Cluster | None = None
+
+    async def start(self) -> None:
+        if self._cluster is not None:
+            raise IllegalStateError("Admin.start() was already called")
+        self._cluster = Cluster(
+            self.bootstrap_servers,
+            request_timeout_ms=self.request_timeout_ms,
+            retry_backoff_ms=self.retry_backoff_ms,
+            metadata_max_age_ms=self.metadata_max_age_ms,
+            required_apis=_ADMIN_APIS,
+            client_id=self.client_id,
+        )
+        try:
+            await self._cluster.start()
+        except BaseException:
+            await self._cluster.close()
+            raise
+
+    async def stop(self) -> None:
+        if self._cluster is not None:
+            await self._cluster.close()
+
+    async def __aenter__(self) -> Admin:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.stop()
+
+    # --- topics ---------------------------------------------------------------------------------
+
+    async def create_topic(
+        self,
+        name: str,
+        partitions: int = 1,
+        replication_factor: int = 1,
+        config: dict[str, str] | None = None,
+        *,
+        validate_only: bool = False,
+    ) -> None:
+        """Create a topic; raises TopicAlreadyExistsError, InvalidPartitionsError, ..."""
+        configs = {str(k): str(v) for k, v in (config or {}).items()}
+        request = CreateTopicsRequest(
+            topics=[NewTopic(name, partitions, replication_factor, configs)],
+            timeout_ms=int(self.request_timeout_ms),
+            validate_only=validate_only,
+        )
+
+        async def attempt(conn: Connection) -> None:
+            response = await conn.request(request)
+            self._check_topic_results(response.topics, name, "creating", conn)
+
+        await self._with_retries(f"CreateTopics for {name!r}", attempt, controller=True)
+        self._cluster.request_update()
+
+    async def delete_topic(self, name: str) -> None:
+        """Delete a topic; raises UnknownTopicOrPartitionError if there is none."""
+        request = DeleteTopicsRequest(names=[name], timeout_ms=int(self.request_timeout_ms))
+
+        async def attempt(conn: Connection) -> None:
+            response = await conn.request(request)
+            self._check_topic_results(response.topics, name, "deleting", conn)
+
+        await self._with_retries(f"DeleteTopics for {name!r}", attempt, controller=True)
+
+    async def list_topics(self) -> list[str]:
+        """Names of every topic, sorted."""
+
+        async def attempt(conn: Connection) -> list[str]:
+            response = await conn.request(MetadataRequest(topics=None, allow_auto_topic_creation=False))
+            return sorted(t.name for t in response.topics if t.error_code == ErrorCode.NONE)
+
+        return await self._with_retries("listing topics", attempt)
+
+    async def describe_topic(self, name: str) -> TopicDescription:
+        """Partitions (leader, epoch, replicas, ISR) and configs of one topic."""
+
+        async def attempt(conn: Connection) -> TopicDescription:
+            response = await conn.request(DescribeTopicRequest(names=[name]))
+            for topic in response.topics:
+                if topic.name != name:
+                    continue
+                if topic.error_code != ErrorCode.NONE:
+                    raise error_for_code(
+                        topic.error_code, where=f"describing on broker {conn.broker}", topic=name
+                    )
+                partitions = [
+                    PartitionDescription(p.partition, p.leader_id, p.leader_epoch, list(p.replicas), list(p.isr))
+                    for p in sorted(topic.partitions, key=lambda p: p.partition)
+                ]
+                return TopicDescription(name, partitions, dict(topic.configs))
+            raise error_for_code(
+                ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, where=f"describing on broker {conn.broker}", topic=name
+            )
+
+        return await self._with_retries(f"describing topic {name!r}", attempt)
+
+    async def describe_cluster(self) -> ClusterDescription:
+        """The brokers and the current controller."""
+
+        async def attempt(conn: Connection) -> ClusterDescription:
+            response = await conn.request(DescribeClusterRequest())
+            if response.error_code != ErrorCode.NONE:
+                raise error_for_code(response.error_code, where=f"DescribeCluster on broker {conn.broker}")
+            brokers = [
+                BrokerDescription(b.node_id, b.host, b.port, b.fenced)
+                for b in sorted(response.brokers, key=lambda b: b.node_id)
+            ]
+            return ClusterDescription(response.controller_id, brokers, response.cluster_id)
+
+        return await self._with_retries("describing the cluster", attempt)
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def _require_started(self) -> Cluster:
+        if self._cluster is None:
+            raise IllegalStateError("call Admin.start() (or use 'async with') first")
+        return self._cluster
+
+    @staticmethod
+    def _check_topic_results(results, name: str, doing: str, conn: Connection) -> None:
+        for result in results:
+            if result.name == name and result.error_code != ErrorCode.NONE:
+                raise error_for_code(
+                    result.error_code, result.error_message, f"{doing} on broker {conn.broker}", topic=name
+                )
+
+    async def _with_retries(
+        self, what: str, attempt: Callable[[Connection], Awaitable[T]], controller: bool = False
+    ) -> T:
+        """Run `attempt` on a connection (the controller's if known and asked for), retrying
+        retriable errors (a lost connection, NOT_CONTROLLER, ...) until request_timeout_ms has
+        passed. UNKNOWN_TOPIC_OR_PARTITION is final here: admin calls name the topic they mean."""
+        cluster = self._require_started()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.request_timeout_ms / 1000
+        while True:
+            try:
+                conn = await self._pick_connection(cluster, controller)
+                return await attempt(conn)
+            except TidelogError as exc:
+                if isinstance(exc, TidelogTimeoutError) or not exc.retriable:
+                    raise
+                if exc.error_code == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION:
+                    raise  # an answer about the topic, not about the cluster's state
+                if loop.time() + self.retry_backoff_ms / 1000 >= deadline:
+                    raise
+                if exc.error_code in (ErrorCode.NOT_CONTROLLER,) or isinstance(exc, BrokerUnreachableError):
+                    cluster.request_update()
+                await asyncio.sleep(self.retry_backoff_ms / 1000)
+
+    async def _pick_connection(self, cluster: Cluster, controller: bool) -> Connection:
+        if controller:
+            controller_id = cluster.metadata.controller_id
+            if controller_id in cluster.metadata.brokers:
+                return await cluster.connection(controller_id)
+        return await cluster.any_connection()

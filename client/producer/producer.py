@@ -1,0 +1,347 @@
+"""Producer: aiokafka's AIOKafkaProducer shape on tidelog's protocol.
+
+    async with Producer(bootstrap_servers="127.0.0.1:9292", acks="all", linger_ms=5) as producer:
+        fut = await producer.send("orders", value=b"...", key=b"customer-7")  # queued
+        meta = await fut                                                     # RecordMetadata
+
+`send` only queues: it serializes, picks the partition, and appends to the accumulator. It
+awaits only when the producer has `buffer_memory` bytes waiting (then it waits for room, FIFO)
+or when it first meets a topic (metadata). One sender task does all the network work.
+
+Defaults follow aiokafka: acks=1, linger_ms=0 (send as soon as the sender runs; records sent in
+a burst without yielding still share batches), batch_size=16384 bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any, Callable, Iterable
+
+from client.cluster import METADATA_MAX_AGE_MS_DEFAULT, RETRY_BACKOFF_MS_DEFAULT, Cluster
+from client.errors import IllegalStateError, RecordTooLargeError, UnknownTopicOrPartitionError
+from client.producer.accumulator import (
+    _RECORD_OVERHEAD_BYTES,
+    BATCH_OVERHEAD_BYTES,
+    NEW_BATCH,
+    Accumulator,
+    RecordFuture,
+)
+from client.producer.partitioner import partition_for_key
+from client.producer.sender import REQUEST_OVERHEAD_BYTES, Sender
+from client.protocol.limits import (
+    FRAME_BYTES_MAX_DEFAULT,
+    IN_FLIGHT_REQUESTS_MAX_DEFAULT,
+    MiB,
+    PRODUCER_BUFFER_BYTES_MAX_DEFAULT,
+    REQUEST_TIMEOUT_MS_DEFAULT,
+)
+from client.protocol.messages import ApiKey
+from client.types import RecordMetadata, TopicPartition
+
+_ACKS = {0: 0, 1: 1, -1: -1, "all": -1, "0": 0, "1": 1, "-1": -1}
+
+
+def _monotonic_ms() -> float:
+    return time.monotonic() * 1000
+
+
+def _check_bytes(value: Any, what: str) -> None:
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise TypeError(
+            f"{what} must be bytes (or None), got {type(value).__name__}; pass a {what}_serializer to send other types"
+        )
+
+
+class Producer:
+    def __init__(
+        self,
+        bootstrap_servers: str | Iterable[str] = "127.0.0.1:9292",
+        *,
+        client_id: str = "tidelog-python",
+        acks: int | str = 1,
+        linger_ms: float = 0,
+        batch_size: int = 16384,
+        buffer_memory: int = PRODUCER_BUFFER_BYTES_MAX_DEFAULT,
+        max_request_size: int = 1 * MiB,
+        request_timeout_ms: float = REQUEST_TIMEOUT_MS_DEFAULT,
+        delivery_timeout_ms: float = 120_000,
+        retry_backoff_ms: float = RETRY_BACKOFF_MS_DEFAULT,
+        metadata_max_age_ms: float = METADATA_MAX_AGE_MS_DEFAULT,
+        max_in_flight_requests_per_connection: int = IN_FLIGHT_REQUESTS_MAX_DEFAULT,
+        key_serializer: Callable[[Any], bytes] | None = None,
+        value_serializer: Callable[[Any], bytes] | None = None,
+        partitioner: Callable[[bytes | None, list[int], list[int]], int] | None = None,
+        enable_idempotence: bool = False,
+        transactional_id: str | None = None,
+        clock: Callable[[], float] | None = None,
+        rng: random.Random | None = None,
+    ):
+        if acks not in _ACKS:
+            raise ValueError(f"acks must be 0, 1, 'all' or -1, got {acks!r}")
+        if enable_idempotence or transactional_id is not None:
+            raise NotImplementedError("idempotent and transactional producers are not implemented yet")
+        for name, value in (
+            ("batch_size", batch_size), ("buffer_memory", buffer_memory), ("max_request_size", max_request_size),
+            ("request_timeout_ms", request_timeout_ms), ("delivery_timeout_ms", delivery_timeout_ms),
+            ("max_in_flight_requests_per_connection", max_in_flight_requests_per_connection),
+        ):
+            if not value > 0:
+                raise ValueError(f"{name} must be positive, got {value!r}")
+        if linger_ms < 0 or retry_backoff_ms < 0:
+            raise ValueError("linger_ms and retry_backoff_ms must not be negative")
+        if max_request_size <= REQUEST_OVERHEAD_BYTES + BATCH_OVERHEAD_BYTES:
+            raise ValueError(f"max_request_size must exceed {REQUEST_OVERHEAD_BYTES + BATCH_OVERHEAD_BYTES} bytes")
+        if max_request_size > FRAME_BYTES_MAX_DEFAULT // 2:
+            raise ValueError(f"max_request_size must be at most {FRAME_BYTES_MAX_DEFAULT // 2} bytes")
+        self.bootstrap_servers = bootstrap_servers
+        self.client_id = client_id
+        self.acks = _ACKS[acks]
+        self.linger_ms = linger_ms
+        self.max_request_size = max_request_size
+        # A batch must fit in one request: batch_size above that would only make oversized batches.
+        self.batch_size = min(batch_size, max_request_size - REQUEST_OVERHEAD_BYTES)
+        self.buffer_memory = buffer_memory
+        self.request_timeout_ms = request_timeout_ms
+        self.delivery_timeout_ms = delivery_timeout_ms
+        self.retry_backoff_ms = retry_backoff_ms
+        self.metadata_max_age_ms = metadata_max_age_ms
+        self.max_in_flight = max_in_flight_requests_per_connection
+        self._key_serializer = key_serializer
+        self._value_serializer = value_serializer
+        self._partitioner = partitioner
+        self._clock = clock or _monotonic_ms
+        self._rng = rng or random.Random()
+        self._record_bytes_max = min(max_request_size - REQUEST_OVERHEAD_BYTES - BATCH_OVERHEAD_BYTES, buffer_memory)
+        self._cluster: Cluster | None = None
+        self._accumulator: Accumulator | None = None
+        self._sender: Sender | None = None
+        self._tps: dict[str, tuple[TopicPartition, ...]] = {}
+        self._sticky: dict[str, TopicPartition] = {}
+        self._running = False
+        self._stopped = False
+        self._failure: BaseException | None = None
+
+    # --- life cycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._running or self._stopped:
+            raise IllegalStateError("Producer.start() was already called")
+        loop = asyncio.get_running_loop()
+        self._cluster = Cluster(
+            self.bootstrap_servers,
+            request_timeout_ms=self.request_timeout_ms,
+            retry_backoff_ms=self.retry_backoff_ms,
+            metadata_max_age_ms=self.metadata_max_age_ms,
+            max_in_flight=self.max_in_flight,
+            required_apis=(ApiKey.PRODUCE, ApiKey.METADATA),
+            allow_auto_topic_creation=True,
+            client_id=self.client_id,
+        )
+        await self._cluster.start()  # on failure it closes what it opened
+        self._cluster.add_listener(self._tps.clear)  # partition counts may have changed
+        self._accumulator = Accumulator(
+            batch_size=self.batch_size,
+            buffer_memory=self.buffer_memory,
+            linger_ms=self.linger_ms,
+            delivery_timeout_ms=self.delivery_timeout_ms,
+            clock=self._clock,
+            loop=loop,
+        )
+        self._sender = Sender(
+            self._accumulator,
+            self._cluster,
+            acks=self.acks,
+            request_timeout_ms=self.request_timeout_ms,
+            retry_backoff_ms=self.retry_backoff_ms,
+            max_request_size=self.max_request_size,
+            clock=self._clock,
+            on_fatal=self._on_sender_failure,
+        )
+        self._accumulator._wakeup = self._sender.wakeup
+        self._sender.start()
+        self._running = True
+
+    def _on_sender_failure(self, error: BaseException) -> None:
+        self._running = False
+        self._failure = error
+
+    async def stop(self) -> None:
+        """Deliver everything queued (bounded by delivery_timeout_ms), then close."""
+        if not self._running:
+            self._stopped = True
+            if self._cluster is not None:
+                await self._cluster.close()
+            return
+        self._running = False
+        self._stopped = True
+        try:
+            self._accumulator.closing = True
+            self._sender.wakeup()
+            await self._accumulator.wait_incomplete()
+        finally:
+            await self._sender.stop()
+            self._accumulator.fail_all(IllegalStateError("the producer stopped before the record was sent"))
+            await self._cluster.close()
+
+    async def __aenter__(self) -> Producer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.stop()
+
+    # --- sending --------------------------------------------------------------------------------
+
+    async def send(
+        self,
+        topic: str,
+        value: Any = None,
+        key: Any = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        headers: list[tuple[str, bytes | None]] | None = None,
+    ) -> RecordFuture:
+        """Queue a record; returns a future of its RecordMetadata (aiokafka's contract).
+
+        Raises RecordTooLargeError at once for a record that can never fit in a request, and
+        UnknownTopicOrPartitionError when the topic does not appear within request_timeout_ms."""
+        if not self._running:
+            raise self._not_running_error()
+        if self._key_serializer is not None and key is not None:
+            key = self._key_serializer(key)
+        if self._value_serializer is not None and value is not None:
+            value = self._value_serializer(value)
+        size = _RECORD_OVERHEAD_BYTES
+        if key is not None:
+            if type(key) is not bytes:
+                _check_bytes(key, "key")
+            size += len(key)
+        if value is not None:
+            if type(value) is not bytes:
+                _check_bytes(value, "value")
+            size += len(value)
+        if headers:
+            size += sum(len(name) + (len(val) if val else 0) + 4 for name, val in headers)
+        if size > self._record_bytes_max:
+            self._raise_too_large(size)
+        if timestamp_ms is None:
+            timestamp_ms = int(time.time() * 1000)
+        tps = self._tps.get(topic)
+        if tps is None:
+            tps = await self._partitions_of(topic)
+        accumulator = self._accumulator
+        if partition is not None:
+            tp = self._explicit_partition(topic, tps, partition)
+        elif self._partitioner is not None:
+            tp = self._custom_partition(topic, tps, key)
+        elif key is not None:
+            tp = tps[partition_for_key(key if type(key) is bytes else bytes(key), len(tps))]
+        else:
+            # Keyless: stick to one partition until its batch is full or sent (Kafka's sticky
+            # partitioner), so keyless records make full batches yet spread over partitions.
+            tp = self._sticky.get(topic) or self._next_sticky(topic, tps, None)
+            record = accumulator.try_append(tp, key, value, timestamp_ms, headers, size, True)
+            if record is NEW_BATCH:
+                tp = self._next_sticky(topic, tps, tp)
+                record = accumulator.try_append(tp, key, value, timestamp_ms, headers, size)
+            if record is None:
+                record = await accumulator.append(tp, key, value, timestamp_ms, headers, size)
+            return record
+        record = accumulator.try_append(tp, key, value, timestamp_ms, headers, size)
+        if record is None:
+            record = await accumulator.append(tp, key, value, timestamp_ms, headers, size)
+        return record
+
+    async def send_and_wait(
+        self,
+        topic: str,
+        value: Any = None,
+        key: Any = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        headers: list[tuple[str, bytes | None]] | None = None,
+    ) -> RecordMetadata:
+        """Send one record and wait until the broker has it."""
+        future = await self.send(topic, value, key, partition, timestamp_ms, headers)
+        return await future
+
+    async def flush(self) -> None:
+        """Send every queued record now (ignoring linger_ms) and wait until all are answered."""
+        if self._accumulator is None:
+            return
+        self._accumulator.begin_flush()
+        try:
+            await self._accumulator.wait_incomplete()
+        finally:
+            self._accumulator.end_flush()
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        """The partition ids of a topic (waits for metadata like send does)."""
+        return {tp.partition for tp in await self._partitions_of(topic)}
+
+    @property
+    def metrics(self) -> dict[str, int]:
+        """Counters: produce requests, batches and records sent, retries, buffered bytes."""
+        sender, acc = self._sender, self._accumulator
+        if sender is None or acc is None:
+            return {}
+        return {
+            "produce_requests": sender.produce_requests,
+            "batches_sent": sender.batches_sent,
+            "records_sent": sender.records_sent,
+            "retries": sender.retries,
+            "batches_created": acc.batches_created,
+            "buffered_bytes": acc.buffered_bytes,
+            "metadata_refreshes": self._cluster.refreshes,
+        }
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def _not_running_error(self) -> IllegalStateError:
+        if self._failure is not None:
+            return IllegalStateError(f"the producer's sender failed: {self._failure!r}")
+        if self._stopped:
+            return IllegalStateError("the producer is stopped")
+        return IllegalStateError("call Producer.start() (or use 'async with') first")
+
+    def _raise_too_large(self, size: int):
+        if size > self.buffer_memory:
+            raise RecordTooLargeError(size, self.buffer_memory, "buffer_memory")
+        raise RecordTooLargeError(
+            size + BATCH_OVERHEAD_BYTES + REQUEST_OVERHEAD_BYTES, self.max_request_size, "max_request_size"
+        )
+
+    async def _partitions_of(self, topic: str) -> tuple[TopicPartition, ...]:
+        ids = self._cluster.partitions_for(topic)
+        if not ids:
+            ids = await self._cluster.wait_for_topic(topic, self.request_timeout_ms)
+        tps = tuple(TopicPartition(topic, p) for p in ids)
+        self._tps[topic] = tps
+        return tps
+
+    def _explicit_partition(self, topic: str, tps: tuple[TopicPartition, ...], partition: int) -> TopicPartition:
+        if 0 <= partition < len(tps) and tps[partition].partition == partition:
+            return tps[partition]
+        for tp in tps:
+            if tp.partition == partition:
+                return tp
+        raise UnknownTopicOrPartitionError(
+            f"topic {topic!r} has no partition {partition} (it has {len(tps)}: {tps[0].partition}..{tps[-1].partition})"
+        )
+
+    def _custom_partition(self, topic: str, tps: tuple[TopicPartition, ...], key) -> TopicPartition:
+        all_ids = [tp.partition for tp in tps]
+        available = [tp.partition for tp in tps if self._cluster.leader_for(tp) is not None]
+        chosen = self._partitioner(None if key is None else bytes(key), all_ids, available)
+        return self._explicit_partition(topic, tps, chosen)
+
+    def _next_sticky(self, topic: str, tps: tuple[TopicPartition, ...], previous: TopicPartition | None) -> TopicPartition:
+        """A new sticky partition for keyless records: a random one with a leader, not the last."""
+        candidates = [tp for tp in tps if self._cluster.leader_for(tp) is not None] or list(tps)
+        if previous is not None and len(candidates) > 1:
+            candidates = [tp for tp in candidates if tp != previous] or candidates
+        tp = candidates[self._rng.randrange(len(candidates))]
+        self._sticky[topic] = tp
+        return tp

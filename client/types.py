@@ -1,0 +1,76 @@
+"""Public value types of the SDK, shaped like aiokafka's so Kafka users recognise them.
+
+All are plain immutable values: safe to hash, compare, log and pass between threads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+
+class TopicPartition(NamedTuple):
+    """A partition of a topic; a tuple, so it is cheap to hash and to use as a dict key."""
+
+    topic: str
+    partition: int
+
+
+class RecordMetadata(NamedTuple):
+    """Where the broker stored a produced record. `offset` is -1 with acks=0 (no answer)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int  # ms since the epoch, as the producer stamped it
+
+    @property
+    def topic_partition(self) -> TopicPartition:
+        return TopicPartition(self.topic, self.partition)
+
+
+class Record(NamedTuple):
+    """One consumed record (aiokafka's ConsumerRecord with the fields tidelog has)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int  # ms since the epoch
+    key: object
+    value: object
+    headers: list  # [(name: str, value: bytes | None)]
+
+    @property
+    def topic_partition(self) -> TopicPartition:
+        return TopicPartition(self.topic, self.partition)
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionDescription:
+    partition: int
+    leader: int  # node id, -1 when the partition has no leader
+    leader_epoch: int
+    replicas: list[int] = field(default_factory=list)
+    isr: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicDescription:
+    name: str
+    partitions: list[PartitionDescription] = field(default_factory=list)
+    config: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerDescription:
+    node_id: int
+    host: str
+    port: int
+    fenced: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterDescription:
+    controller_id: int  # -1 when no controller is known
+    brokers: list[BrokerDescription] = field(default_factory=list)
+    cluster_id: str | None = None
