@@ -232,7 +232,10 @@ def error_for_code(
     if known is ErrorCode.NONE:
         raise ValueError("error_for_code(NONE): code 0 means success, not an error")
     text = message or (known.message if known is not None else "unknown error code from the broker")
-    context = ", ".join(part for part in (where, _location(topic, partition, broker)) if part)
+    location = _location(topic, partition, broker)
+    if topic is not None and partition is None and f"'{topic}'" in text:
+        location = _location(None, None, broker)  # the broker's message already names the topic
+    context = ", ".join(part for part in (where, location) if part)
     if context:
         text = f"{text.rstrip('.')} ({context})."
     if known is None:
