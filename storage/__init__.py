@@ -26,11 +26,25 @@ Concurrency contract
 - May run in an executor thread: LogSlice.read_bytes() (one positional os.pread, no shared
   state), os.sendfile on slice.fd with an explicit offset, storage.aio helpers, and
   PartitionLog.open / LogManager.open_all before the log is shared with the loop (open_all can
-  recover partitions in parallel threads: each touches only its own directory).
+  recover partitions in parallel threads: each touches only its own directory, and the
+  on_event callback may then be called from those threads).
 
-Durability: see LogConfig.flush_messages / flush_ms. Rolling a segment fsyncs it (log and
-indexes) and moves the recovery point to the new segment, so after an unclean stop only the
-segments from the recovery point on are re-validated (recovery.py).
+Decisions
+- Append copies at most once: a bytearray (or writable memoryview) is stamped in place; a
+  single batch in bytes is not copied at all (os.writev of the 16 re-stamped header bytes plus
+  the caller's bytes); several batches in bytes are copied once. See PartitionLog.append.
+- Durability: LogConfig.flush_messages / flush_ms, default None (page cache + replication).
+  Rolling a segment fsyncs it (log and indexes) and moves the recovery point to the new
+  segment, so after an unclean stop only the active segment is re-validated (recovery.py).
+  The active segment's indexes are never fsynced: recovery always rebuilds them.
+- The clean-shutdown marker is per partition directory (checkpoint.py): each PartitionLog
+  opens and closes on its own, with or without a LogManager.
+- Indexes are disposable: checked cheaply on open, rebuilt when in doubt, and an entry found
+  to disagree with the log during a read is repaired on the spot (event "index_rebuilt").
+- The leader_epoch and base_offset fields are outside the batch CRC. Recovery still catches a
+  damaged base_offset (offsets must be contiguous) and an epoch that went down (epochs never
+  decrease along a log); an epoch corrupted upwards goes unnoticed in its own batch (the
+  batches after it then look like a decrease and are cut). Kafka's v2 format has the same gap.
 """
 
 from .clock import Clock, ManualClock, SystemClock

@@ -420,14 +420,13 @@ class PartitionLog:
             return
         keep = bisect_right(self._bases, offset) - 1
         target = self._segments[keep]
-        if self._checkpoint.recovery_point > target.base_offset:
-            # Lower the recovery point first: a crash during the cut then re-validates this segment.
-            self._save_checkpoint(recovery_point=target.base_offset)
+        # The recovery point needs no change: recovery starts at the last segment whose base is
+        # at or below it, which after this cut (or a crash during it) is `target` or a later one.
         doomed = self._segments[keep + 1:]
         for segment in reversed(doomed):
             segment.delete_files()
         if doomed:
-            fsync_dir(self.directory)
+            fsync_dir(self.directory)  # the deletions survive a crash
         del self._segments[keep + 1:]
         del self._bases[keep + 1:]
         self._active = target
@@ -469,7 +468,7 @@ class PartitionLog:
         doomed = self._segments[:count]
         for segment in doomed:  # lowest first: a crash midway leaves a suffix, still a valid log
             segment.delete_files()
-        fsync_dir(self.directory)
+        fsync_dir(self.directory)  # the deletions survive a crash
         del self._segments[:count]
         del self._bases[:count]
         self._size_bytes -= sum(s.size_bytes for s in doomed)

@@ -78,7 +78,7 @@ def load_log(directory: Path, config: LogConfig, clock: Clock, clean_shutdown: b
     else:
         first_unflushed = len(bases) if clean_shutdown else _first_unflushed(bases, checkpoint, stored is None)
         segments = _load_segments(directory, config, clock, bases, first_unflushed, stats)
-    checkpoint = _settle(directory, segments, checkpoint, stats)
+    checkpoint = _settle(segments, checkpoint)
     if checkpoint != stored:
         write_checkpoint(directory, checkpoint)
     stats.segments_loaded = len(segments)
@@ -179,22 +179,12 @@ def _finish_restart(directory: Path, config: LogConfig, bases: list[int], checkp
     return segments, PartitionCheckpoint(recovery_point=start, log_start_offset=start)
 
 
-def _settle(directory: Path, segments: list[Segment], checkpoint: PartitionCheckpoint,
-            stats: RecoveryStats) -> PartitionCheckpoint:
-    """Make the last segment the writable one, drop segments wholly below the log start offset,
-    and move the recovery point to the active segment (everything before it is now sealed)."""
+def _settle(segments: list[Segment], checkpoint: PartitionCheckpoint) -> PartitionCheckpoint:
+    """Make the last segment the writable one and move the recovery point to it: every segment
+    before it is now sealed (fsynced at its roll, or re-validated and fsynced just now)."""
     active = segments[-1]
     if active.sealed:
         active.offset_index.unseal()
         active.time_index.unseal()
         active.sealed = False
-    log_start = min(max(checkpoint.log_start_offset, segments[0].base_offset), active.next_offset)
-    doomed = []
-    while len(segments) > 1 and segments[0].next_offset <= log_start:
-        doomed.append(segments.pop(0))
-    for segment in doomed:
-        segment.delete_files()
-        stats.segments_deleted += 1
-    if doomed:
-        fsync_dir(directory)
-    return PartitionCheckpoint(recovery_point=active.base_offset, log_start_offset=log_start)
+    return PartitionCheckpoint(recovery_point=active.base_offset, log_start_offset=segments[0].base_offset)

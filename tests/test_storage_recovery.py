@@ -276,6 +276,8 @@ def test_missing_checkpoint_revalidates_every_segment(tmp_path):
     (tmp_path / "t-0" / "partition.checkpoint").unlink()
     reopened = PartitionLog.open(tmp_path / "t-0", LogConfig(segment_bytes_max=300), clock)
     assert reopened.recovery_stats.segments_validated == count > 2
+    assert all(s.sealed for s in reopened._segments[:-1])  # re-validated segments are fsynced and sealed
+    assert read_checkpoint(tmp_path / "t-0").recovery_point == reopened.active_segment_base_offset
     check_log(reopened, appended)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import struct
@@ -172,6 +171,9 @@ def test_rebuilt_indexes_equal_the_appended_ones(tmp_path, clock, interval):
     for i, timestamp in enumerate([5, 3, 9, 9, 12, 1, 15, 15, 14, 20] * 3):
         log.append(batch(1 + i % 3, value_bytes=7 * i, timestamp_ms=timestamp), 0)
     log.append(batch(1) + batch(2, timestamp_ms=99), 0)
+    log.truncate_to(log.log_end_offset - 9)  # appends after a truncation index like fresh ones
+    for i, timestamp in enumerate([2, 30, 101, 4, 102]):
+        log.append(batch(1 + i % 2, value_bytes=50, timestamp_ms=timestamp), 0)
     segment = log._active
     appended = (segment.offset_index.raw_bytes(), segment.time_index.raw_bytes())
     segment.rebuild_indexes()
@@ -321,6 +323,27 @@ def test_read_whole_log_across_segments(filled):
     assert batches_of(data)[-1].next_offset == filled.log_end_offset
 
 
+def test_damaged_index_entry_used_to_jump_is_detected_and_rebuilt(filled):
+    segment = filled._active
+    expected = filled.read(segment.base_offset, 1 << 20)
+    last = segment.offset_index.entries - 1
+    relative, position = segment.offset_index.entry(last)
+    segment.offset_index._buf[last * 8: last * 8 + 8] = struct.pack(">II", relative - 1, position)
+    got = filled.read(segment.base_offset, 1 << 20)
+    assert (got.next_offset, got.read_bytes()) == (expected.next_offset, expected.read_bytes())
+    assert segment.offset_index.entry(last) == (relative, position)
+
+
+def test_damaged_time_entry_between_good_ones_is_detected(tmp_path, clock):
+    log = open_log(tmp_path, clock)
+    for i in range(10):
+        log.append(batch(1, timestamp_ms=T0 + 10 * i), 0)
+    index = log._active.time_index
+    index._buf[5 * 12: 5 * 12 + 12] = struct.pack(">qI", T0 + 45, 5)  # still in order, but wrong
+    assert log.offset_for_timestamp(T0 + 48) == 5
+    assert log._active.time_index.entry(5) == (T0 + 50, 5)  # rebuilt
+
+
 def test_damaged_index_entry_is_rebuilt_on_lookup(filled):
     segment = filled._active
     assert segment.offset_index.entries
@@ -432,6 +455,11 @@ def test_flush_policies(tmp_path, clock, monkeypatch):
     clock.advance(600)
     log.append(batch(1), 0)  # checked on append too
     assert len(syncs) == 3
+    log = open_log(tmp_path / "c", clock, flush_messages=3)
+    log.append(batch(2), 0)
+    log.roll()  # sealing fsyncs those two records: the count starts again
+    log.append(batch(1), 0)
+    assert len(syncs) == 4  # the roll's fsync only
 
 
 def test_close_writes_marker_and_reopen_skips_recovery(tmp_path, clock):
@@ -498,14 +526,42 @@ def test_disk_full_mid_write_leaves_the_log_unchanged(tmp_path, clock, monkeypat
     assert [h.base_offset for h in batches_of(read_all(log))] == [0, 3, 4]
 
 
-def test_short_writes_are_completed(tmp_path, clock, monkeypatch):
+def test_a_write_that_makes_no_progress_fails_instead_of_spinning(tmp_path, clock, monkeypatch):
+    log = open_log(tmp_path, clock)
+    log.append(batch(1), 0)
+    before = _snapshot(log)
+    real_write = os.write
+    calls = []
+
+    def stuck(fd, data):
+        calls.append(len(data))
+        return real_write(fd, bytes(memoryview(data)[:10])) if len(calls) == 1 else 0
+
+    monkeypatch.setattr(os, "write", stuck)
+    with pytest.raises(StorageError, match="made no progress"):
+        log.append(bytearray(batch(2)), 0)
+    monkeypatch.setattr(os, "write", real_write)
+    assert _snapshot(log) == before and len(calls) == 2
+
+
+@pytest.mark.parametrize("written_by_writev", [5, 16, 70])
+def test_short_writes_are_completed(tmp_path, clock, monkeypatch, written_by_writev):
     log = open_log(tmp_path, clock)
     real_write = os.write
     monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, bytes(memoryview(data)[:50])))
     log.append(bytearray(batch(3, value_bytes=100)), 0)
+
+    def short_writev(fd, buffers):
+        joined = b"".join(bytes(b) for b in buffers)
+        return real_write(fd, joined[:written_by_writev])
+
+    monkeypatch.setattr(os, "writev", short_writev)
+    log.append(batch(2, value_bytes=100), 0)  # bytes: the stamped-prefix path
     monkeypatch.setattr(os, "write", real_write)
-    headers = batches_of(read_all(log))
-    assert [h.next_offset for h in headers] == [3]
+    data = read_all(log)
+    assert [h.next_offset for h in batches_of(data)] == [3, 5]
+    for position, _ in records.iter_headers(data):
+        records.validate_batch(data, position)
 
 
 # -- manager and async helpers -------------------------------------------------------------------
@@ -544,7 +600,6 @@ async def test_read_slice_cold_matches_pread(tmp_path, clock):
     log_slice = log.read(0, 1 << 20)
     assert await read_slice_cold(log_slice) == log_slice.read_bytes()
     assert await read_slice_cold(log.read(log.log_end_offset, 100)) == b""
-    await asyncio.sleep(0)
 
 
 def test_storage_imports_nothing_but_records_and_no_asyncio():
