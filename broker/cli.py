@@ -55,10 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("version", help="print the version").set_defaults(run=_print_version)
     add_broker_command(sub)
+    from broker.dev import add_dev_command
+
+    add_dev_command(sub)
     if _has_client_commands():
         from broker import cli_client
 
         cli_client.add_client_commands(sub)
+    if importlib.util.find_spec("broker.cli_bench") is not None:
+        from broker import cli_bench
+
+        cli_bench.add_bench_command(sub)
     return parser
 
 

@@ -8,6 +8,8 @@
   then exit 0. A second signal during the stop exits at once with status 1.
 - A start-up failure (address in use, data directory locked, storage error) logs
   `event=start_failed` and exits 1.
+- With `metrics` set, /metrics, /healthz and /readyz are served on it (broker/metrics.py),
+  bound before storage opens; the ready line then carries `metrics=HOST:PORT`.
 """
 
 from __future__ import annotations
@@ -74,20 +76,46 @@ async def serve(config: BrokerConfig) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     broker = Broker(config)
+    metrics = metrics_server = None
     try:
+        if config.metrics:  # bound first: a bad metrics address fails before storage is opened
+            metrics, metrics_server = await _start_metrics(broker, config.metrics)
         await broker.start()
     except (BrokerStartError, StorageError, OSError) as exc:
         log.error("start_failed", error=type(exc).__name__, detail=str(exc))
+        if metrics_server is not None:
+            await metrics_server.stop()
         return EXIT_FAILED
+    if metrics is not None:
+        metrics.attach()
+        metrics.ready = True
     host, port = broker.bound_address
     log.info(
         "ready", node_id=config.node_id, listen=f"{host}:{port}",
         advertise="%s:%d" % config.advertised(port), data_dir=os.path.abspath(config.data_dir), pid=os.getpid(),
         loop=type(loop).__module__.split(".")[0],
+        metrics="%s:%d" % metrics_server.bound_address if metrics_server is not None else "off",
     )
     await stop_requested.wait()
     log.info("stopping", signal=received[0] if received else "none")
+    if metrics is not None:
+        metrics.ready = False  # /readyz answers 503 while the broker drains
     await broker.stop()
+    if metrics_server is not None:
+        await metrics_server.stop()
     log.info("stopped", node_id=config.node_id)
     return EXIT_OK
 
+
+async def _start_metrics(broker: Broker, address: str):
+    """The Prometheus endpoint (/metrics, /healthz, /readyz) on `address`; see broker/metrics.py."""
+    from broker.metrics import BrokerMetrics, MetricsServer
+
+    host, _, port = address.rpartition(":")
+    metrics = BrokerMetrics(broker, process=True)
+    server = MetricsServer(metrics, host, int(port))
+    try:
+        await server.start()
+    except OSError as exc:
+        raise BrokerStartError(f"cannot serve metrics on {address}: {exc.strerror or exc}") from None
+    return metrics, server

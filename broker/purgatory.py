@@ -93,6 +93,10 @@ class HighWatermarkWaiters:
         self._waiters_max = waiters_max
         self._closed = False
 
+    @property
+    def parked(self) -> int:
+        return self._parked
+
     async def wait_for(self, key: Hashable, offset: int, current_high_watermark: int, timeout_s: float) -> bool:
         """True once the high watermark of `key` is >= `offset`; False on timeout, close or overflow."""
         if current_high_watermark >= offset:

@@ -17,6 +17,7 @@ one task per request in arrival order, and that is what keeps pipelined produces
 from __future__ import annotations
 
 import contextvars
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
@@ -63,7 +64,7 @@ Handler = Callable[[HandlerContext, Any], Awaitable[Response | None]]
 
 
 def _handlers() -> dict[int, Handler]:
-    from broker.handlers import fetch, meta, offsets, produce, topics
+    from broker.handlers import cluster, fetch, meta, offsets, produce, raft, topics
 
     return {
         ApiKey.API_VERSIONS: meta.handle_api_versions,
@@ -75,6 +76,13 @@ def _handlers() -> dict[int, Handler]:
         ApiKey.PRODUCE: produce.handle_produce,
         ApiKey.FETCH: fetch.handle_fetch,
         ApiKey.LIST_OFFSETS: offsets.handle_list_offsets,
+        # Broker to broker: the metadata quorum (broker/raft/, broker/controller.py).
+        ApiKey.RAFT_VOTE: raft.handle_raft_message,
+        ApiKey.RAFT_APPEND_ENTRIES: raft.handle_raft_message,
+        ApiKey.RAFT_INSTALL_SNAPSHOT: raft.handle_raft_message,
+        ApiKey.BROKER_REGISTRATION: cluster.handle_broker_registration,
+        ApiKey.BROKER_HEARTBEAT: cluster.handle_broker_heartbeat,
+        ApiKey.DESCRIBE_QUORUM: cluster.handle_describe_quorum,
     }
 
 
@@ -84,39 +92,50 @@ class Dispatcher:
     def __init__(self, ctx: HandlerContext):
         self.ctx = ctx
         self.handlers = _handlers()
+        # Called as observer(api_key, request | None, response | None, elapsed_s) after every
+        # request; set by broker/metrics.py when metrics are on. None: nothing is timed.
+        self.observer: Callable[[int, Any, Any, float], None] | None = None
         ctx.served_api_keys = tuple(sorted(self.handlers))
 
     async def dispatch(self, frame: RequestFrame, peer: str) -> Sequence[Any] | None:
         """Encoded response parts for `frame`, or None when no response is due."""
-        correlation_id = frame.correlation_id
-        current_peer.set(peer)
-        handler = self.handlers.get(frame.api_key)
+        # Metrics (broker/metrics.py): one observer call per request, with what it learned.
+        observer = self.observer
+        started = time.perf_counter() if observer is not None else 0.0
+        request = response = None
         try:
-            request = decode_request(frame)
-            if handler is None:  # known to the codec but not served by this broker yet
-                message = f"api key {frame.api_key} is not served"
-                return self.error_response(correlation_id, ErrorCode.UNSUPPORTED_API, message)
-        except ProtocolError as exc:
-            self.ctx.warn_bad_input(
-                "bad_request", peer, api_key=frame.api_key, api_version=frame.api_version,
-                error=exc.error_code.name, detail=exc.message,
-            )
-            return self.error_response(correlation_id, exc.error_code, exc.message)
-        try:
-            response = await handler(self.ctx, request)
-            if response is None:
-                return None
-            return encode_response_message(response, correlation_id, RESPONSE_FRAME_BYTES_MAX)
-        except FrameTooLargeError as exc:
-            self.ctx.log.error("response_too_large", api_key=frame.api_key, peer=peer, detail=exc.message)
-            return self.error_response(correlation_id, ErrorCode.UNKNOWN_SERVER_ERROR, "response too large to frame")
-        except Exception as exc:
-            self.ctx.log.error("handler_failed", exc_info=True, api_key=frame.api_key, peer=peer, error=type(exc).__name__)
-            if getattr(request, "acks", None) == ACKS_NONE:
-                return None  # an acks=0 producer reads no responses: one now would break its stream
-            return self.error_response(
-                correlation_id, ErrorCode.UNKNOWN_SERVER_ERROR, f"the broker failed on this request: {type(exc).__name__}"
-            )
+            correlation_id = frame.correlation_id
+            current_peer.set(peer)
+            handler = self.handlers.get(frame.api_key)
+            try:
+                request = decode_request(frame)
+                if handler is None:  # known to the codec but not served by this broker yet
+                    message = f"api key {frame.api_key} is not served"
+                    return self.error_response(correlation_id, ErrorCode.UNSUPPORTED_API, message)
+            except ProtocolError as exc:
+                self.ctx.warn_bad_input(
+                    "bad_request", peer, api_key=frame.api_key, api_version=frame.api_version,
+                    error=exc.error_code.name, detail=exc.message,
+                )
+                return self.error_response(correlation_id, exc.error_code, exc.message)
+            try:
+                response = await handler(self.ctx, request)
+                if response is None:
+                    return None
+                return encode_response_message(response, correlation_id, RESPONSE_FRAME_BYTES_MAX)
+            except FrameTooLargeError as exc:
+                self.ctx.log.error("response_too_large", api_key=frame.api_key, peer=peer, detail=exc.message)
+                return self.error_response(correlation_id, ErrorCode.UNKNOWN_SERVER_ERROR, "response too large to frame")
+            except Exception as exc:
+                self.ctx.log.error("handler_failed", exc_info=True, api_key=frame.api_key, peer=peer, error=type(exc).__name__)
+                if getattr(request, "acks", None) == ACKS_NONE:
+                    return None  # an acks=0 producer reads no responses: one now would break its stream
+                return self.error_response(
+                    correlation_id, ErrorCode.UNKNOWN_SERVER_ERROR, f"the broker failed on this request: {type(exc).__name__}"
+                )
+        finally:
+            if observer is not None:
+                observer(frame.api_key, request, response, time.perf_counter() - started)
 
     def error_response(self, correlation_id: int, error_code: int, message: str) -> list[Any]:
         return encode_error_response(correlation_id, error_code, message, RESPONSE_FRAME_BYTES_MAX)
