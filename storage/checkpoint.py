@@ -20,6 +20,7 @@ from .errors import StorageError
 from .files import CHECKPOINT_FILE, CLEAN_SHUTDOWN_MARKER, fsync_dir, os_error_text, write_file_atomically
 
 _MAGIC_LINE = "tidelog-partition-checkpoint 1"
+OFFSET_MAX = 2**63 - 1  # offsets are int64 in the batch header
 
 
 @dataclass(frozen=True)
@@ -44,13 +45,19 @@ class PartitionCheckpoint:
         fields = dict(line.split(" ", 1) for line in lines[1:4] if " " in line)
         try:
             restart = fields["restart_at"]
-            return cls(
+            checkpoint = cls(
                 recovery_point=int(fields["recovery_point"]),
                 log_start_offset=int(fields["log_start_offset"]),
                 restart_at=None if restart == "-" else int(restart),
             )
         except (KeyError, ValueError):
             return None
+        # A garbled digit must not become an offset no segment file name can hold (20 digits,
+        # non-negative): such a checkpoint is as good as none, and recovery then trusts nothing.
+        offsets = (checkpoint.recovery_point, checkpoint.log_start_offset, checkpoint.restart_at or 0)
+        if not all(0 <= offset <= OFFSET_MAX for offset in offsets):
+            return None
+        return checkpoint
 
     def with_changes(self, **changes) -> PartitionCheckpoint:
         return replace(self, **changes)
