@@ -308,7 +308,7 @@ def decode_records(buf, position: int = 0, header: BatchHeader | None = None) ->
             DecodedRecord(base_offset + row[0], base_timestamp + row[1], row[2], row[3], _headers(row[4]))
             for row in rows
         ]
-    except (TypeError, IndexError, ValueError) as exc:
+    except (TypeError, IndexError, KeyError, ValueError) as exc:  # a row may be any msgpack value
         raise RecordsDecodeError(f"malformed record in batch at byte {position}: {exc}", position) from exc
 
 
