@@ -1,4 +1,4 @@
-"""Client commands of the `tidelog` CLI: topics, produce, consume. They use only the SDK.
+"""Client commands of the `tidelog` CLI: topics, produce, consume, cluster. They use only the SDK.
 
 Exit status: 0 on success, 1 with one line on stderr for any failure the user can act on
 (unknown topic, broker unreachable, invalid config), 2 for bad flags (argparse).
@@ -56,6 +56,12 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     consume.add_argument("--print-offset", action="store_true", help="prefix partition:offset")
     _add_common(consume)
 
+    cluster = sub.add_parser("cluster", help="the controller quorum and the brokers")
+    cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True)
+    status = cluster_sub.add_parser(
+        "status", help="voters, controller leader, term, commit index, each voter's lag, brokers")
+    _add_common(status)
+
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", default=os.environ.get("TIDELOG_BOOTSTRAP", DEFAULT_BOOTSTRAP),
@@ -67,7 +73,7 @@ def run_client_command(args: argparse.Namespace) -> int:
     """Run one client command; map every SDK error to one line on stderr and exit 1."""
     from client.errors import TidelogError
 
-    handler = {"topics": _topics, "produce": _produce, "consume": _consume}[args.command]
+    handler = {"topics": _topics, "produce": _produce, "consume": _consume, "cluster": _cluster}[args.command]
     try:
         return asyncio.run(handler(args))
     except (TidelogError, CliError, OSError) as exc:
@@ -194,3 +200,68 @@ def _format(record: Any, args: argparse.Namespace) -> bytes:
         parts.append(record.key if record.key is not None else b"null")
     parts.append(value)
     return b"\t".join(parts) + b"\n"
+
+
+async def _cluster(args: argparse.Namespace) -> int:
+    from client import Admin
+
+    async with Admin(bootstrap_servers=args.bootstrap, request_timeout_ms=args.request_timeout_ms) as admin:
+        description = await admin.describe_cluster()
+        quorum, description = await _describe_quorum(admin, description, args)
+    addresses = {b.node_id: f"{b.host}:{b.port}" for b in description.brokers}
+    print(f"cluster {description.cluster_id or '(no id yet)'}")
+    print(f"controller {quorum.leader_id}  term {quorum.term}  commit index {quorum.commit_index}  "
+          f"last index {quorum.last_index}")
+    for title, rows in (("voters", quorum.voters), ("observers", quorum.observers)):
+        print(title)
+        if not rows:
+            print("  (none)")
+            continue
+        print(f"  {'node':<6}{'address':<24}{'state':<11}{'match':>8}{'lag':>8}  active")
+        for r in rows:
+            print(f"  {r.node_id:<6}{addresses.get(r.node_id, '?'):<24}{r.state:<11}{r.match_index:>8}{r.lag:>8}  "
+                  f"{'yes' if r.recent_active else 'no'}")
+    print("brokers")
+    for b in description.brokers:
+        print(f"  {b.node_id:<6}{addresses[b.node_id]:<24}{'fenced' if b.fenced else 'live'}")
+    return 0
+
+
+async def _describe_quorum(admin: Any, description: Any, args: argparse.Namespace) -> tuple[Any, Any]:
+    """DescribeQuorum from the controller leader: ask the broker the cluster names as controller,
+    and on NOT_CONTROLLER (an election under way) ask again with fresh metadata, until the
+    request timeout."""
+    from client.connection import Connection
+    from client.errors import TidelogError, error_for_code
+    from client.protocol.errors import ErrorCode
+    from client.protocol.messages import DescribeQuorumRequest
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + args.request_timeout_ms / 1000
+    last: str = "no controller is known"
+    while True:
+        brokers = {b.node_id: (b.host, b.port) for b in description.brokers}
+        address = brokers.get(description.controller_id)
+        if address is not None:
+            try:
+                conn = await Connection.open(*address, node_id=description.controller_id,
+                                             request_timeout_ms=max(1.0, (deadline - loop.time()) * 1000))
+                try:
+                    response = await conn.request(DescribeQuorumRequest())
+                finally:
+                    conn.close()
+                if response.error_code == ErrorCode.NONE:
+                    return response, description
+                error = error_for_code(response.error_code, response.error_message,
+                                       f"DescribeQuorum on broker {description.controller_id}")
+                if not error.retriable:
+                    raise error
+                last = str(error)
+            except TidelogError as exc:
+                if not exc.retriable:
+                    raise
+                last = str(exc)
+        if loop.time() + 0.1 >= deadline:
+            raise CliError(f"no answer from the controller within {args.request_timeout_ms} ms: {last}")
+        await asyncio.sleep(0.1)
+        description = await admin.describe_cluster()

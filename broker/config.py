@@ -101,6 +101,13 @@ class BrokerConfig:
     retention_check_interval_ms: int = setting(300_000, "how often retention runs in the background", _positive)
     flush_messages: int | None = setting(None, "fsync after this many records (1: before every acknowledgement; unset: rely on replication)", _optional_positive)
     flush_ms: int | None = setting(None, "fsync data older than this (unset: never by time)", _optional_positive)
+    # The metadata quorum (embedded Raft controller, broker/controller.py).
+    raft_tick_ms: int = setting(50, "one Raft tick: the unit of election and heartbeat timing", _positive)
+    raft_election_ticks: int = setting(10, "ticks without a leader before a voter campaigns (randomised up to twice this)", _positive)
+    raft_heartbeat_ticks: int = setting(2, "ticks between the Raft leader's heartbeats (must be below raft_election_ticks)", _positive)
+    raft_peer_queue_max: int = setting(1024, "Raft messages queued per peer; the oldest are dropped beyond it", _positive)
+    metadata_snapshot_entries: int = setting(1000, "snapshot the metadata image and compact the Raft log every this many entries", _positive)
+    broker_session_timeout_ms: int = setting(6000, "the controller fences a broker silent this long; brokers heartbeat every third of it", _positive)
 
     @property
     def listen_host(self) -> str:

@@ -9,9 +9,9 @@ up to STOP_TIMEOUT_S, SIGKILL for any left, then exit 0 (1 if a broker had to be
 exited with an error). Without --data-dir the data lives in a temporary directory removed on
 exit; a given --data-dir is kept, and a second run on it starts from the same data.
 
-Until the Raft controller lands every process is its own single-node cluster (the brokers
-get one --voters list but do not act on it yet): a topic created through one broker exists
-only on that broker. The banner says so.
+The brokers share one --voters list, so they form one cluster: the metadata quorum (Raft)
+runs on all of them, and a topic created through any broker is known to all. Partition data
+is not yet replicated between brokers (only a partition's leader holds it); the banner says so.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ STOP_TIMEOUT_S = 20.0
 BROKERS_MAX = 32  # ports and processes on one machine; more is not a dev cluster
 EXIT_OK, EXIT_FAILED = 0, 1
 SINGLE_NODE_NOTE = (
-    "note: until the Raft controller lands, each broker is its own single-node cluster: "
-    "a topic created through one broker exists only on that broker"
+    "note: the brokers form one cluster (shared Raft metadata quorum); partition data is not "
+    "replicated between brokers yet: only each partition's leader holds it"
 )
 
 

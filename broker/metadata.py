@@ -1,18 +1,23 @@
-"""Cluster metadata: records, the in-memory image they build, and a single-node record log.
+"""Cluster metadata: the records of the metadata log and the in-memory image they build.
 
 Every change to cluster metadata is a *record* (a small msgpack-able list). Records are
-appended to a metadata log and applied, in log order, to a `MetadataImage` that every
-handler reads. On one node the log is `LocalMetadataLog` (a file, fsynced per append); the
-Raft controller replaces it with the replicated Raft log and the same records, so request
-handlers never change when the cluster does.
+committed through the Raft log of the controller quorum (broker/controller.py) and applied,
+in log order, to a `MetadataImage` on every broker, voter or observer; request handlers read
+the image. Two brokers that applied the same prefix of the log hold the same image.
 
-Record shapes (field order fixed; new fields are appended at the end):
-    ["broker", node_id, host, port, incarnation]                   broker registered
+Record shapes (field order fixed; new fields are only ever appended at the end, and readers
+accept records without them):
+    ["cluster", cluster_id]                                         the cluster's id (first leader)
+    ["broker", node_id, host, port, incarnation]                    broker registered (and live)
     ["fence", node_id, fenced: bool]                                broker fenced / unfenced
     ["topic", name, topic_id, partitions, replication_factor, configs, assignment]
-          assignment: [[replica node ids] per partition]; leaders start at replicas[0], epoch 0
+          assignment: [[replica node ids] per partition]; leaders start at replicas[0], epoch 0,
+          ISR = replicas
     ["delete_topic", name]
-    ["partition", name, partition, leader, leader_epoch, isr]       leader/ISR change
+    ["partition", name, partition, leader, leader_epoch, isr, replicas?]   leader/ISR change
+          (replicas: optional; absent = unchanged)
+    ["offset_commit", group, topic, partition, offset, metadata]    a group's committed offset
+          (the shape only: consumer groups land later)
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ import struct
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import crc32c
 import msgpack
 
 NO_LEADER = -1
+SNAPSHOT_VERSION = 1
 
 
 @dataclass(slots=True)
@@ -57,17 +64,24 @@ class BrokerState:
     fenced: bool = False
 
 
+@dataclass(slots=True)
+class CommittedOffset:
+    offset: int
+    metadata: str = ""
+
+
 class MetadataImage:
     """The state every broker serves Metadata/DescribeTopic/DescribeCluster from.
 
-    Only `apply` changes it, and only with committed records in log order, so two brokers
-    that applied the same prefix of the log hold the same image."""
+    Only `apply` (and `from_snapshot`) change it, only with committed records in log order.
+    `controller_id` is not from records: the broker sets it to the Raft leader it knows of."""
 
     def __init__(self, cluster_id: str = ""):
         self.cluster_id = cluster_id
         self.controller_id = NO_LEADER
         self.brokers: dict[int, BrokerState] = {}
         self.topics: dict[str, TopicState] = {}
+        self.offsets: dict[str, dict[tuple[str, int], CommittedOffset]] = {}
         self.applied_records = 0
 
     def apply(self, record: list) -> None:
@@ -94,6 +108,13 @@ class MetadataImage:
             if topic is not None and index < len(topic.partitions):
                 state = topic.partitions[index]
                 state.leader, state.leader_epoch, state.isr = leader, leader_epoch, list(isr)
+                if len(record) > 6 and record[6] is not None:
+                    state.replicas = list(record[6])
+        elif kind == "cluster":
+            self.cluster_id = record[1]
+        elif kind == "offset_commit":
+            _, group, topic, partition, offset, metadata = record[:6]
+            self.offsets.setdefault(group, {})[(topic, partition)] = CommittedOffset(offset, metadata)
         else:
             raise ValueError(f"unknown metadata record kind {kind!r}")
         self.applied_records += 1
@@ -106,6 +127,44 @@ class MetadataImage:
 
     def live_brokers(self) -> list[BrokerState]:
         return [b for b in sorted(self.brokers.values(), key=lambda b: b.node_id) if not b.fenced]
+
+    # --- snapshots ----------------------------------------------------------------------------
+
+    def to_snapshot(self) -> bytes:
+        """The whole image as msgpack (what a Raft snapshot of the metadata log holds)."""
+        return msgpack.packb({
+            "version": SNAPSHOT_VERSION,
+            "cluster_id": self.cluster_id,
+            "applied_records": self.applied_records,
+            "brokers": [[b.node_id, b.host, b.port, b.incarnation, b.fenced]
+                        for b in sorted(self.brokers.values(), key=lambda b: b.node_id)],
+            "topics": [
+                [t.name, t.topic_id, t.replication_factor, t.configs,
+                 [[p.partition, p.replicas, p.leader, p.leader_epoch, p.isr] for p in t.partitions]]
+                for t in self.topics.values()
+            ],
+            "offsets": [[group, topic, partition, o.offset, o.metadata]
+                        for group, by_partition in self.offsets.items()
+                        for (topic, partition), o in by_partition.items()],
+        }, use_bin_type=True)
+
+    @classmethod
+    def from_snapshot(cls, data: bytes) -> MetadataImage:
+        snap: dict[str, Any] = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        if snap.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"metadata snapshot version {snap.get('version')!r} is not {SNAPSHOT_VERSION}")
+        image = cls(snap["cluster_id"])
+        image.applied_records = snap["applied_records"]
+        for node_id, host, port, incarnation, fenced in snap["brokers"]:
+            image.brokers[node_id] = BrokerState(node_id, host, port, incarnation, fenced)
+        for name, topic_id, factor, configs, partitions in snap["topics"]:
+            image.topics[name] = TopicState(name, topic_id, factor, dict(configs), [
+                PartitionState(name, index, list(replicas), leader, epoch, list(isr))
+                for index, replicas, leader, epoch, isr in partitions
+            ])
+        for group, topic, partition, offset, metadata in snap["offsets"]:
+            image.offsets.setdefault(group, {})[(topic, partition)] = CommittedOffset(offset, metadata)
+        return image
 
 
 def assign_replicas(brokers: list[int], partitions: int, replication_factor: int, start: int = 0) -> list[list[int]]:
@@ -123,6 +182,11 @@ def assign_replicas(brokers: list[int], partitions: int, replication_factor: int
 def new_topic_id() -> str:
     return uuid.uuid4().hex
 
+
+# --- legacy: the single-node record log the Raft quorum replaced ------------------------------
+# Nothing in the broker uses these any more (broker/controller.py and broker/raft/ do their job);
+# they stay, unchanged, while tests/fuzz/ still exercises them, and go when those tests move to
+# broker/raft/persist.py's RaftStorage.
 
 _FRAME = struct.Struct(">II")  # length of the msgpack record, CRC-32C of it
 

@@ -11,6 +11,12 @@ On one node the ISR is {leader}, so the high watermark is the log end offset rig
 append. With replication, followers' fetches will report their log end offsets and
 `_advance_high_watermark` will take the minimum over the ISR instead; nothing else changes.
 
+In a cluster every replica of a partition creates its (empty) log when the image assigns it,
+leader or follower; until follower replication lands only the leader's log receives data, so
+a replication factor above 1 places replicas but does not yet copy records. A partition is
+recreated from scratch when the image names it with a new topic id (deleted and created
+again while this broker was away).
+
 Background work: retention every `retention_check_interval_ms`, and the `flush_ms` policy
 (when set), each one asyncio task, cancelled on stop.
 """
@@ -139,6 +145,7 @@ class Partition:
     high_watermark: int
     batch_bytes_max: int
     min_insync_replicas: int
+    topic_id: str = ""
 
     @property
     def key(self) -> PartitionKey:
@@ -205,7 +212,7 @@ class ReplicaManager:
                 if self.node_id in state.replicas:
                     key = (topic.name, state.partition)
                     wanted.add(key)
-                    self._follow_partition(key, state, log_config, min_insync)
+                    self._follow_partition(key, state, log_config, min_insync, topic.topic_id)
         for key in [key for key in self.partitions if key not in wanted]:
             self._remove(key)
         if first:
@@ -214,8 +221,12 @@ class ReplicaManager:
                 self.log.warning("stray_partition", topic=topic_name, partition=index,
                                  detail="log on disk for a partition the metadata does not assign here; kept")
 
-    def _follow_partition(self, key: PartitionKey, state: Any, log_config: LogConfig, min_insync: int) -> None:
+    def _follow_partition(self, key: PartitionKey, state: Any, log_config: LogConfig, min_insync: int,
+                          topic_id: str) -> None:
         partition = self.partitions.get(key)
+        if partition is not None and partition.topic_id != topic_id:
+            self._remove(key)  # the topic was deleted and created again: the old bytes are not its history
+            partition = None
         if partition is not None:
             partition.leader, partition.leader_epoch, partition.isr = state.leader, state.leader_epoch, list(state.isr)
             self._advance_high_watermark(partition)
@@ -227,7 +238,7 @@ class ReplicaManager:
         log = self.logs.get(*key) or self.logs.create(key[0], key[1], log_config)
         self.partitions[key] = Partition(
             key[0], key[1], log, state.leader, state.leader_epoch, list(state.isr),
-            log.log_end_offset, log_config.batch_bytes_max, min_insync,
+            log.log_end_offset, log_config.batch_bytes_max, min_insync, topic_id,
         )
 
     def _remove(self, key: PartitionKey) -> None:

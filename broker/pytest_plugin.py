@@ -75,8 +75,8 @@ def tidelog_bootstrap(tidelog_broker: ThreadedBroker) -> str:
 def tidelog_cluster() -> Iterator[Callable[..., LocalCluster]]:
     """`tidelog_cluster(n, **settings) -> LocalCluster` of n broker processes, started and ready.
 
-    Each process gets --voters naming all n, but until the Raft controller lands each one
-    serves as its own single-node cluster. Everything started is killed at teardown.
+    Each process gets --voters naming all n, so they form one cluster (a shared Raft metadata
+    quorum; partition data is not replicated yet). Everything started is killed at teardown.
     """
     from broker.testing import LocalCluster
 

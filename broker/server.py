@@ -7,6 +7,15 @@
 
 `Broker` keeps no global state and has no import-time side effects, so tests may run several
 in one event loop. `broker/daemon.py` wraps it in a process (signals, logging, exit codes).
+
+Metadata comes from the controller quorum (docs/controller.md): at start the broker loads the
+metadata log from `<data_dir>/__cluster_metadata/` (snapshot + committed entries) before it
+opens partition logs, so it reconciles its disk with what it last knew. Without `voters` the
+broker is a quorum of one: it is the controller as soon as `start()` returns and registers
+itself synchronously, as a single-node broker always did. With `voters`, `start()` returns
+once it serves (Raft messages between brokers arrive on the same port); registration with
+the controller follows in the background once the quorum has a leader, and until then admin
+requests answer NOT_CONTROLLER (retriable).
 """
 
 from __future__ import annotations
@@ -14,18 +23,26 @@ from __future__ import annotations
 import asyncio
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 from storage.clock import Clock, SystemClock
 from storage.log import LogEvent
 from storage.manager import LogManager
 
-from broker.config import BrokerConfig
+from client.protocol.errors import ErrorCode
+from client.protocol.messages import NO_NODE_ID
+
+from broker.config import BrokerConfig, parse_voters
 from broker.connection import BrokerConnection
+from broker.controller import Controller, ControllerError, ControllerSettings
+from broker.controller_client import BrokerLifecycle, ControllerChannel
 from broker.handlers import Dispatcher, HandlerContext
 from broker.logging import RateLimiter, get_logger
-from broker.metadata import LocalController, MetadataImage, assign_replicas, new_topic_id
+from broker.metadata import MetadataImage
 from broker.partitions import ReplicaManager, broker_log_config, log_config_for
+from broker.raft import Message, RaftConfig, RaftConfigError, RaftError, Status
+from broker.raft.driver import DriverSettings, RaftDriver
+from broker.raft.persist import RaftStorage, RaftStorageError
+from broker.raft.transport import PeerTransport, TransportSettings
 
 METADATA_DIR = "__cluster_metadata"
 
@@ -49,44 +66,126 @@ class BrokerStats:
 
 
 class MetadataService:
-    """Metadata reads and changes for handlers: the image, and changes committed through the
-    controller. After every commit the replica manager follows the new image (opens or deletes
-    partition logs), so a topic the client was told exists is writable at once."""
+    """Metadata for handlers: the image this broker applies from the Raft log, and changes,
+    which only the active controller makes (see broker/controller.py).
 
-    def __init__(self, controller: LocalController, on_change: Callable[[MetadataImage], None]):
-        self._controller = controller
-        self._on_change = on_change
+    Reads (`image`) are local and may lag the controller by the time the last committed change
+    takes to reach this broker (normally one Raft heartbeat). A change made through the
+    controller answers only once it is applied there, so "create, then describe on the
+    controller" always sees it. On other brokers `create_topic` and `delete_topic` raise
+    ControllerError(NOT_CONTROLLER), and auto-creation is forwarded to the controller in the
+    background while the client is told LEADER_NOT_AVAILABLE (retriable).
+
+    Where this broker alone is the quorum (no `voters`: the single-node default) everything is
+    local and synchronous, exactly as before the quorum existed.
+    """
+
+    def __init__(self, node_id: int, controller: Controller, driver: RaftDriver, storage: RaftStorage,
+                 transport: PeerTransport, channel: ControllerChannel, lifecycle: BrokerLifecycle):
+        self.node_id = node_id
+        self.controller = controller
+        self.driver = driver
+        self.storage = storage
+        self.transport = transport
+        self.channel = channel
+        self.lifecycle = lifecycle
+        self._closed = False
 
     @property
     def image(self) -> MetadataImage:
-        return self._controller.image
+        return self.controller.image
 
-    def _commit(self, records: list[list]) -> None:
-        self._controller.commit(records)  # durable (fsync) before it is applied and acknowledged
-        self._on_change(self._controller.image)
+    @property
+    def controller_id(self) -> int:
+        leader = self.driver.leader_id
+        return NO_NODE_ID if leader is None else leader
 
-    def register_broker(self, host: str, port: int) -> None:
-        self._controller.register_broker(host, port)
-        self._on_change(self._controller.image)
+    @property
+    def is_controller(self) -> bool:
+        return self.controller.active
 
-    def create_topic(self, name: str, partitions: int, replication_factor: int, configs: dict[str, str]) -> None:
-        brokers = [b.node_id for b in self.image.live_brokers()]
-        assignment = assign_replicas(brokers, partitions, replication_factor, start=len(self.image.topics))
-        self._commit([["topic", name, new_topic_id(), partitions, replication_factor, configs, assignment]])
+    @property
+    def alone(self) -> bool:
+        """This broker alone is the quorum and commits synchronously."""
+        return self.driver.inline_io and self.driver.voters == {self.node_id}
 
-    def delete_topic(self, name: str) -> None:
-        self._commit([["delete_topic", name]])
+    def not_controller(self) -> ControllerError:
+        return self.controller.not_controller()
+
+    async def create_topic(self, name: str, partitions: int, replication_factor: int, configs: dict[str, str]) -> None:
+        """Commit a topic through the quorum; returns once this broker's image holds it."""
+        await self.controller.create_topic(name, partitions, replication_factor, configs)
+
+    async def delete_topic(self, name: str) -> None:
+        await self.controller.delete_topic(name)
+
+    def auto_create_topic(self, name: str, partitions: int, replication_factor: int) -> ErrorCode:
+        """Create `name` for a Metadata or Produce request (synchronous: Produce appends before
+        its first await). NONE once the topic is in the image; LEADER_NOT_AVAILABLE (retriable)
+        while it is being created through the quorum."""
+        if name in self.image.topics:
+            return ErrorCode.NONE
+        controller = self.controller
+        if self.alone and controller.active:
+            try:
+                controller.create_topic_now(name, partitions, replication_factor, {})
+            except ControllerError as exc:
+                return exc.code
+            return ErrorCode.NONE
+        if controller.active:
+            if not controller.creating(name):
+                task = asyncio.ensure_future(controller.create_topic(name, partitions, replication_factor, {}))
+                task.add_done_callback(_ignore_outcome)
+        else:
+            self.channel.forward_create(name)
+        return ErrorCode.LEADER_NOT_AVAILABLE
+
+    async def register_broker(self, node_id: int, host: str, port: int, incarnation: str) -> None:
+        await self.controller.register_broker(node_id, host, port, incarnation)
+
+    def broker_heartbeat(self, node_id: int, incarnation: str) -> bool:
+        return self.controller.heartbeat(node_id, incarnation)
+
+    def raft_step(self, message: Message) -> None:
+        self.driver.step(message)
+
+    def quorum_status(self) -> Status:
+        return self.driver.status()
 
     def follow(self) -> None:
         """Apply the current image once (start-up: reconcile logs on disk with the metadata)."""
-        self._on_change(self._controller.image)
+        if self.controller.on_change is not None:
+            self.controller.on_change(self.image)
+
+    async def stop(self) -> None:
+        """Stop heartbeating and the quorum's I/O (then close())."""
+        await self.lifecycle.stop()
+        await self.channel.close()
+        await self.driver.stop()
+        await self.transport.close()
+        self.controller.close()
 
     def close(self) -> None:
-        self._controller.close()
+        if not self._closed:
+            self._closed = True
+            self.controller.close()
+            self.storage.close()
+
+
+def _ignore_outcome(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()  # the client retries and sees the outcome in the image
+
+
+def parse_quorum(config: BrokerConfig) -> dict[int, tuple[str, int] | None]:
+    """Voter id -> address from `voters`; without it this node alone (its address unused)."""
+    if not config.voters:
+        return {config.node_id: None}
+    return dict(parse_voters(config.voters))
 
 
 class Broker:
-    """A single-node broker (see the module docstring)."""
+    """One broker: alone, or one of a cluster sharing a `voters` list (see the module docstring)."""
 
     def __init__(self, config: BrokerConfig, *, clock: Clock | None = None):
         self.config = config
@@ -125,6 +224,8 @@ class Broker:
         try:
             await self._open_and_bind()
         except BaseException:
+            if self.metadata is not None:
+                await self.metadata.stop()
             self._release()
             self._state = "stopped"
             raise
@@ -136,7 +237,7 @@ class Broker:
         root = Path(config.data_dir)
         defaults = broker_log_config(config)
         self.logs = LogManager(root, defaults, self.clock, on_event=self._on_storage_event)  # locks data_dir
-        controller = LocalController(root / METADATA_DIR, config.node_id)
+        controller = self._open_metadata(root)  # the image, from the Raft snapshot + committed log
 
         def topic_log_config(topic: str, partition: int):
             state = controller.image.topics.get(topic)
@@ -148,7 +249,7 @@ class Broker:
         finally:
             self._opening_logs = False
         self.replicas = ReplicaManager(config, self.logs, self.clock)
-        self.metadata = MetadataService(controller, self.replicas.apply_image)
+        controller.on_change = self.replicas.apply_image
         ctx = HandlerContext(config, self.metadata, self.replicas, get_logger("broker.handlers"), self.warn_bad_input)
         self.dispatcher = Dispatcher(ctx)
         loop = asyncio.get_running_loop()
@@ -161,8 +262,65 @@ class Broker:
             raise BrokerStartError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
         host, port = self._server.sockets[0].getsockname()[:2]
         self._bound = (host, port)
-        self.metadata.register_broker(*config.advertised(port))  # also opens every assigned log
+        metadata = self.metadata
+        metadata.lifecycle.address = config.advertised(port)
+        metadata.follow()  # open every assigned log, note strays
+        metadata.driver.start()  # ticks; a quorum of one is leader (and active controller) on return
+        if metadata.alone:
+            try:
+                metadata.lifecycle.register_now()  # committed before the first request is served
+            except (RaftError, ControllerError) as exc:
+                raise BrokerStartError(f"cannot register with the metadata quorum of one: {exc}") from None
+        metadata.lifecycle.start()  # heartbeats (and, in a cluster, registration once there is a leader)
         self.replicas.start_background()
+
+    def _open_metadata(self, root: Path) -> Controller:
+        """The metadata quorum's parts, loaded from `<data_dir>/__cluster_metadata/`."""
+        config = self.config
+        try:
+            raft_config = RaftConfig(election_ticks=config.raft_election_ticks,
+                                     heartbeat_ticks=config.raft_heartbeat_ticks).validate()
+        except RaftConfigError as exc:
+            raise BrokerStartError(str(exc)) from None
+        voters = parse_quorum(config)
+        controller = Controller(
+            config.node_id,
+            ControllerSettings(session_timeout_ms=config.broker_session_timeout_ms,
+                               reconcile_interval_ms=2 * config.raft_tick_ms),
+            clock=self.clock,
+        )
+
+        def peer_address(node_id: int) -> tuple[str, int] | None:
+            address = voters.get(node_id)
+            if address is None:
+                broker = controller.image.brokers.get(node_id)  # observers: where they registered
+                address = (broker.host, broker.port) if broker is not None else None
+            return address
+
+        storage = RaftStorage(root / METADATA_DIR)
+        transport = PeerTransport(config.node_id, peer_address, TransportSettings(
+            queue_max=config.raft_peer_queue_max, frame_bytes_max=config.frame_bytes_max))
+        driver = RaftDriver(
+            config.node_id, frozenset(voters), frozenset(), storage, transport, controller,
+            DriverSettings(tick_ms=config.raft_tick_ms, raft=raft_config,
+                           snapshot_every_entries=config.metadata_snapshot_entries),
+            log=get_logger("broker.raft"),
+        )
+        controller.attach(driver)
+        try:
+            driver.load()
+        except (RaftStorageError, OSError, ValueError) as exc:
+            storage.close()
+            raise BrokerStartError(f"cannot load the metadata log in {root / METADATA_DIR}: {exc}") from None
+        channel = ControllerChannel(
+            config.node_id, {n: a for n, a in voters.items() if a is not None}, driver,
+            request_timeout_ms=max(1000, config.broker_session_timeout_ms // 3), log=get_logger("broker.lifecycle"))
+        lifecycle = BrokerLifecycle(
+            config.node_id, config.advertised(), controller, channel,
+            session_timeout_ms=config.broker_session_timeout_ms, retry_ms=2 * config.raft_tick_ms)
+        controller.on_leader_change = lifecycle.leader_changed
+        self.metadata = MetadataService(config.node_id, controller, driver, storage, transport, channel, lifecycle)
+        return controller
 
     def _on_storage_event(self, event: LogEvent) -> None:
         """Storage events as log lines: a recovery (the last stop was not clean) at info."""
@@ -207,6 +365,7 @@ class Broker:
             connection.close()
         await self._wait_connections_closed(max(0.1, deadline - loop.time()))
         await self.replicas.stop_background()  # type: ignore[union-attr]
+        await self.metadata.stop()  # type: ignore[union-attr]
         self._release()
         self._state = "stopped"
 

@@ -7,9 +7,9 @@
         node.pause(); node.resume()             # SIGSTOP / SIGCONT
         node.terminate()                        # SIGTERM (graceful), returns the exit status
 
-Every node gets `--voters` listing all n nodes, so that once the Raft controller lands they form
-one cluster. Today the daemon does not act on `--voters` yet: each process is its own
-single-node cluster, and a topic created through one broker exists only on that one.
+Every node gets `--voters` listing all n nodes, so they form one cluster with a shared Raft
+metadata quorum: a topic created through one broker is known to all. Partition data is not
+replicated between brokers yet (only a partition's leader holds it).
 
 Ports: `--voters` must name every port before any process starts, so the ports are picked
 first (`free_ports`: bind port 0, read the port, close). Another process could take one of them

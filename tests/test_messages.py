@@ -68,6 +68,13 @@ REQUESTS = [
     ),
     m.DescribeTopicRequest(names=["orders"]),
     m.DescribeClusterRequest(),
+    # Broker to broker (the embedded Raft controller): the Raft message is opaque to the codec.
+    m.RaftVoteRequest(message=[3, 1, 2, 7, 10, 6]),
+    m.RaftAppendEntriesRequest(message=[5, 1, 2, 7, 10, 6, [[7, 11, 0, b"records"]], 9]),
+    m.RaftInstallSnapshotRequest(message=[9, 1, 2, 7, 100, 6, b"image"]),
+    m.BrokerRegistrationRequest(node_id=2, host="127.0.0.1", port=9392, incarnation="4f2a"),
+    m.BrokerHeartbeatRequest(node_id=2, incarnation="4f2a"),
+    m.DescribeQuorumRequest(),
 ]
 
 RESPONSES = [
@@ -129,6 +136,16 @@ RESPONSES = [
         cluster_id="c-1",
         controller_id=2,
         brokers=[m.DescribedBroker(1, "h1", 9292, False), m.DescribedBroker(2, "h2", 9392, True)],
+    ),
+    m.RaftVoteResponse(),
+    m.RaftAppendEntriesResponse(),
+    m.RaftInstallSnapshotResponse(),
+    m.BrokerRegistrationResponse(error_code=ErrorCode.NOT_CONTROLLER, error_message="leader is 3", controller_id=3),
+    m.BrokerHeartbeatResponse(error_code=ErrorCode.NONE, controller_id=1, fenced=True),
+    m.DescribeQuorumResponse(
+        leader_id=1, term=7, commit_index=42, last_index=43,
+        voters=[m.QuorumReplica(1, 43, 0, "leader", True), m.QuorumReplica(2, 40, 3, "replicate", True)],
+        observers=[m.QuorumReplica(4, 0, 43, "probe", False)],
     ),
 ]
 
@@ -269,7 +286,7 @@ def test_api_keys_follow_kafka_numbering_and_tidelog_keys_start_at_1000():
         "FIND_COORDINATOR": 10, "JOIN_GROUP": 11, "HEARTBEAT": 12, "LEAVE_GROUP": 13, "SYNC_GROUP": 14,
         "DESCRIBE_GROUPS": 15, "LIST_GROUPS": 16, "API_VERSIONS": 18, "CREATE_TOPICS": 19,
         "DELETE_TOPICS": 20, "INIT_PRODUCER_ID": 22, "RAFT_VOTE": 52, "ALTER_PARTITION": 56,
-        "DESCRIBE_CLUSTER": 60, "BROKER_REGISTRATION": 62, "BROKER_HEARTBEAT": 63,
+        "DESCRIBE_CLUSTER": 60, "BROKER_REGISTRATION": 62, "BROKER_HEARTBEAT": 63, "DESCRIBE_QUORUM": 55,
     }  # fmt: skip
     for name, number in kafka.items():
         assert m.ApiKey[name] == number

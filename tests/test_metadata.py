@@ -1,8 +1,9 @@
-"""Metadata records, the image they build, and the single-node metadata log's torn-tail handling."""
+"""Metadata records, the image they build, and the image's snapshot form (what a Raft snapshot
+of the metadata log holds). The log itself is the controller quorum's: tests/test_raft_driver.py."""
 
 import pytest
 
-from broker.metadata import LocalController, MetadataImage, assign_replicas
+from broker.metadata import MetadataImage, assign_replicas
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -30,16 +31,18 @@ def test_assignment_spreads_leaders_and_refuses_too_many_replicas():
         assign_replicas([1, 2], 1, 3)
 
 
-def test_local_controller_survives_restart_and_cuts_a_torn_tail(tmp_path):
-    controller = LocalController(tmp_path, node_id=1)
-    controller.register_broker("127.0.0.1", 9292)
-    controller.commit([["topic", "t", "id", 1, 1, {}, [[1]]]])
-    cluster_id = controller.image.cluster_id
-    controller.close()
-    with open(tmp_path / "metadata.log", "ab") as handle:
-        handle.write(b"\x00\x00\x00\x40garbage")  # a crash mid-append
-    again = LocalController(tmp_path, node_id=1)
-    assert set(again.image.topics) == {"t"} and again.image.cluster_id == cluster_id
-    again.commit([["delete_topic", "t"]])  # appends after the cut tail, not after garbage
-    again.close()
-    assert LocalController(tmp_path, node_id=1).image.topics == {}
+def test_image_snapshot_round_trips_every_kind_of_state():
+    image = MetadataImage()
+    image.apply(["cluster", "c-1"])
+    image.apply(["broker", 1, "h1", 9292, "a"])
+    image.apply(["broker", 2, "h2", 9392, "b"])
+    image.apply(["fence", 2, True])
+    image.apply(["topic", "t", "id-t", 2, 2, {"retention.ms": "5"}, [[1, 2], [2, 1]]])
+    image.apply(["partition", "t", 1, 1, 3, [1], [1, 2]])  # with the optional replicas field
+    image.apply(["offset_commit", "billing", "t", 0, 42, "meta"])
+    again = MetadataImage.from_snapshot(image.to_snapshot())
+    assert again.to_snapshot() == image.to_snapshot()
+    assert again.cluster_id == "c-1" and again.brokers[2].fenced and again.partition("t", 1).leader_epoch == 3
+    assert again.offsets["billing"][("t", 0)].offset == 42 and again.applied_records == 7
+    again.apply(["partition", "t", 0, 1, 1, [1]])  # records after a snapshot apply as usual
+    assert again.partition("t", 0).isr == [1] and again.partition("t", 0).replicas == [1, 2]

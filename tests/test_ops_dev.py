@@ -54,7 +54,7 @@ def test_dev_cluster_up_and_down():
         bootstrap = read_until(lines, r"^bootstrap: (\S+)", seen).group(1)
         pids = [int(read_until(lines, r"node \d+ .* pid (\d+)", seen).group(1)) for _ in range(2)]
         root = Path(read_until(lines, r"^data: (\S+) \(removed on exit\)", seen).group(1))
-        read_until(lines, r"single-node cluster", seen)
+        read_until(lines, r"form one cluster", seen)
         assert len(bootstrap.split(",")) == 2 and root.is_dir()
 
         async def create() -> list[str]:

@@ -64,7 +64,7 @@ Handler = Callable[[HandlerContext, Any], Awaitable[Response | None]]
 
 
 def _handlers() -> dict[int, Handler]:
-    from broker.handlers import fetch, meta, offsets, produce, topics
+    from broker.handlers import cluster, fetch, meta, offsets, produce, raft, topics
 
     return {
         ApiKey.API_VERSIONS: meta.handle_api_versions,
@@ -76,6 +76,13 @@ def _handlers() -> dict[int, Handler]:
         ApiKey.PRODUCE: produce.handle_produce,
         ApiKey.FETCH: fetch.handle_fetch,
         ApiKey.LIST_OFFSETS: offsets.handle_list_offsets,
+        # Broker to broker: the metadata quorum (broker/raft/, broker/controller.py).
+        ApiKey.RAFT_VOTE: raft.handle_raft_message,
+        ApiKey.RAFT_APPEND_ENTRIES: raft.handle_raft_message,
+        ApiKey.RAFT_INSTALL_SNAPSHOT: raft.handle_raft_message,
+        ApiKey.BROKER_REGISTRATION: cluster.handle_broker_registration,
+        ApiKey.BROKER_HEARTBEAT: cluster.handle_broker_heartbeat,
+        ApiKey.DESCRIBE_QUORUM: cluster.handle_describe_quorum,
     }
 
 

@@ -1,4 +1,11 @@
-"""ApiVersions, Metadata (with topic auto-creation), DescribeTopic and DescribeCluster."""
+"""ApiVersions, Metadata (with topic auto-creation), DescribeTopic and DescribeCluster.
+
+All three metadata reads are served from this broker's own image of the metadata log, on any
+broker: they may lag the controller by the time a committed change takes to reach this broker
+(about one Raft heartbeat, `raft_heartbeat_ticks` x `raft_tick_ms`), and a broker cut off from
+the quorum keeps answering with what it last applied. `controller_id` is the Raft leader this
+broker last heard from (-1 when it knows of none).
+"""
 
 from __future__ import annotations
 
@@ -60,7 +67,7 @@ async def handle_metadata(ctx: HandlerContext, request: MetadataRequest) -> Meta
         else:
             topics.append(TopicMetadata(ErrorCode.NONE, name, partition_rows(state)))
     return MetadataResponse(
-        brokers=_brokers(image), controller_id=image.controller_id, cluster_id=image.cluster_id, topics=topics
+        brokers=_brokers(image), controller_id=ctx.metadata.controller_id, cluster_id=image.cluster_id or None, topics=topics
     )
 
 
@@ -91,5 +98,5 @@ async def handle_describe_cluster(ctx: HandlerContext, request: DescribeClusterR
         for b in sorted(image.brokers.values(), key=lambda b: b.node_id)
     ]
     return DescribeClusterResponse(
-        error_code=ErrorCode.NONE, cluster_id=image.cluster_id, controller_id=image.controller_id, brokers=brokers
+        error_code=ErrorCode.NONE, cluster_id=image.cluster_id or None, controller_id=ctx.metadata.controller_id, brokers=brokers
     )

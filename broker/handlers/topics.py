@@ -1,9 +1,25 @@
-"""CreateTopics, DeleteTopics, and topic auto-creation (used by Metadata and Produce)."""
+"""CreateTopics, DeleteTopics, and topic auto-creation (used by Metadata and Produce).
+
+Topic changes are made by the active controller only (the Raft leader of the metadata quorum):
+any other broker answers NOT_CONTROLLER (retriable; the SDK's Admin retries against the
+controller named in Metadata). The controller answers once the change is committed by a
+majority of voters AND applied to its own image, so describing the topic on it right after
+sees it. It answers a little before the request's timeout_ms (REQUEST_TIMED_OUT, retriable)
+so the answer reaches a client that uses the same timeout for the whole request.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from client.protocol.errors import ErrorCode, InvalidTopicNameError
-from client.protocol.limits import PARTITIONS_PER_TOPIC_MAX, REPLICATION_FACTOR_MAX, validate_topic_name
+from client.protocol.limits import (
+    PARTITIONS_PER_TOPIC_MAX,
+    REPLICATION_FACTOR_MAX,
+    REQUEST_TIMEOUT_MS_MAX,
+    validate_topic_name,
+)
 from client.protocol.messages import (
     CreateTopicsRequest,
     CreateTopicsResponse,
@@ -13,6 +29,7 @@ from client.protocol.messages import (
     TopicResult,
 )
 
+from broker.controller import ControllerError
 from broker.handlers import HandlerContext
 from broker.partitions import TopicConfigError, validate_topic_configs
 
@@ -46,44 +63,106 @@ def check_new_topic(ctx: HandlerContext, topic: NewTopic) -> tuple[ErrorCode, st
     return ErrorCode.NONE, None, partitions, factor
 
 
+def _wait_s(timeout_ms: int) -> float:
+    """How long to wait for a commit: the request's timeout less a margin for the answer."""
+    timeout_ms = max(0, min(timeout_ms, REQUEST_TIMEOUT_MS_MAX))
+    return (timeout_ms - min(1000, timeout_ms // 5)) / 1000
+
+
+async def _commit_all(ctx: HandlerContext, changes: dict[str, Any], timeout_ms: int) -> dict[str, tuple[ErrorCode, str | None]]:
+    """Run the controller calls together (their records share Raft entries); outcome per name."""
+    outcomes: dict[str, tuple[ErrorCode, str | None]] = {}
+    if not changes:
+        return outcomes
+    tasks = {name: asyncio.ensure_future(change) for name, change in changes.items()}
+    done, late = await asyncio.wait(tasks.values(), timeout=_wait_s(timeout_ms))
+    for name, task in tasks.items():
+        if task in late:
+            task.add_done_callback(_ignore_outcome)  # it may still commit; the client retries and sees
+            outcomes[name] = (ErrorCode.REQUEST_TIMED_OUT,
+                              "not committed within the request's timeout: is a majority of the controller voters reachable?")
+        elif isinstance(task.exception(), ControllerError):
+            exc = task.exception()
+            outcomes[name] = (exc.code, exc.message)
+        elif task.exception() is not None:
+            raise task.exception()
+        else:
+            outcomes[name] = (ErrorCode.NONE, None)
+    return outcomes
+
+
+def _ignore_outcome(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 async def handle_create_topics(ctx: HandlerContext, request: CreateTopicsRequest) -> CreateTopicsResponse:
-    results = []
+    metadata = ctx.metadata
+    if not metadata.is_controller:
+        refusal = metadata.not_controller()
+        return CreateTopicsResponse(topics=[TopicResult(t.name, refusal.code, refusal.message) for t in request.topics])
+    checked: dict[str, tuple[ErrorCode, str | None]] = {}
+    changes: dict[str, Any] = {}
     names = [topic.name for topic in request.topics]
     for topic in request.topics:
         if names.count(topic.name) > 1:
-            results.append(TopicResult(topic.name, ErrorCode.INVALID_REQUEST, "topic listed more than once"))
+            checked[topic.name] = (ErrorCode.INVALID_REQUEST, "topic listed more than once")
             continue
         error, message, partitions, factor = check_new_topic(ctx, topic)
+        checked[topic.name] = (error, message)
         if error == ErrorCode.NONE and not request.validate_only:
-            ctx.metadata.create_topic(topic.name, partitions, factor, dict(topic.configs))
-            ctx.log.info("topic_created", topic=topic.name, partitions=partitions, replication_factor=factor)
+            changes[topic.name] = metadata.create_topic(topic.name, partitions, factor, dict(topic.configs))
+    outcomes = await _commit_all(ctx, changes, request.timeout_ms)
+    results = []
+    for topic in request.topics:
+        error, message = outcomes.get(topic.name) or checked[topic.name]
+        if topic.name in changes and error == ErrorCode.NONE:
+            state = metadata.image.topics[topic.name]
+            ctx.log.info("topic_created", topic=topic.name, partitions=len(state.partitions),
+                         replication_factor=state.replication_factor)
         results.append(TopicResult(topic.name, error, message))
     return CreateTopicsResponse(topics=results)
 
 
 def auto_create_topic(ctx: HandlerContext, name: str) -> ErrorCode:
-    """Create `name` with the broker defaults (auto_create_topics must be on); NONE on success."""
+    """Create `name` with the broker defaults (auto_create_topics must be on); NONE once it
+    exists here. In a cluster it is created through the controller in the background and this
+    answers LEADER_NOT_AVAILABLE (retriable) until this broker's image has it."""
     error, message, partitions, factor = check_new_topic(ctx, NewTopic(name, USE_BROKER_DEFAULT, USE_BROKER_DEFAULT))
-    if error == ErrorCode.NONE:
-        ctx.metadata.create_topic(name, partitions, factor, {})
-        ctx.log.info("topic_auto_created", topic=name, partitions=partitions, replication_factor=factor)
-    elif error == ErrorCode.TOPIC_ALREADY_EXISTS:
+    if error == ErrorCode.TOPIC_ALREADY_EXISTS:
         return ErrorCode.NONE
+    if error != ErrorCode.NONE:
+        return error
+    error = ctx.metadata.auto_create_topic(name, partitions, factor)
+    if error == ErrorCode.NONE:
+        ctx.log.info("topic_auto_created", topic=name, partitions=partitions, replication_factor=factor)
     return error
 
 
 async def handle_delete_topics(ctx: HandlerContext, request: DeleteTopicsRequest) -> DeleteTopicsResponse:
-    results = []
+    metadata = ctx.metadata
+    if not metadata.is_controller:
+        refusal = metadata.not_controller()
+        return DeleteTopicsResponse(topics=[TopicResult(name, refusal.code, refusal.message) for name in request.names])
+    checked: dict[str, tuple[ErrorCode, str | None]] = {}
+    changes: dict[str, Any] = {}
     for name in request.names:
         try:
             validate_topic_name(name)
         except InvalidTopicNameError as exc:
-            results.append(TopicResult(name, ErrorCode.INVALID_TOPIC_EXCEPTION, exc.message))
+            checked[name] = (ErrorCode.INVALID_TOPIC_EXCEPTION, exc.message)
             continue
-        if name not in ctx.metadata.image.topics:
-            results.append(TopicResult(name, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"topic {name!r} does not exist"))
+        if name not in metadata.image.topics:
+            checked[name] = (ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"topic {name!r} does not exist")
             continue
-        ctx.metadata.delete_topic(name)  # metadata record first, then the partition directories
-        ctx.log.info("topic_deleted", topic=name)
-        results.append(TopicResult(name, ErrorCode.NONE, None))
+        checked[name] = (ErrorCode.NONE, None)
+        if name not in changes:
+            changes[name] = metadata.delete_topic(name)  # metadata record first, then the partition directories
+    outcomes = await _commit_all(ctx, changes, request.timeout_ms)
+    results = []
+    for name in request.names:
+        error, message = outcomes.get(name) or checked[name]
+        if name in changes and error == ErrorCode.NONE:
+            ctx.log.info("topic_deleted", topic=name)
+        results.append(TopicResult(name, error, message))
     return DeleteTopicsResponse(topics=results)

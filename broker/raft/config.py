@@ -1,7 +1,7 @@
 """Raft tuning knobs and limits, each with the reason for its default.
 
 Time in the Raft core is counted in ticks: the driver calls `RaftNode.tick()` on a fixed
-interval (tidelog's driver will use 100 ms), so `election_ticks=10` means about one second.
+interval (`raft_tick_ms`, 50 ms by default), so `election_ticks=10` means about half a second.
 """
 
 from __future__ import annotations

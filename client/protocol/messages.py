@@ -71,6 +71,7 @@ class ApiKey(enum.IntEnum):
     DELETE_TOPICS = 20
     INIT_PRODUCER_ID = 22  # reserved
     RAFT_VOTE = 52  # reserved; Kafka's KRaft Vote
+    DESCRIBE_QUORUM = 55  # Kafka's KRaft DescribeQuorum: the controller quorum's leader, term, lag
     ALTER_PARTITION = 56  # reserved
     DESCRIBE_CLUSTER = 60
     BROKER_REGISTRATION = 62  # reserved
@@ -1145,3 +1146,241 @@ def encode_response_message(
 ) -> list[Any]:
     """Frame a typed response for writelines; record bytes stay the caller's objects."""
     return encode_response(correlation_id, response.to_control(), response.payload_parts(), max_frame_bytes)
+
+
+# --- Broker to broker: Raft, broker lifecycle, quorum status ---------------------------------
+# Appended by the embedded Raft controller (broker/raft/, broker/controller.py). The Raft
+# message inside a Raft request is opaque here (a list the broker's Raft code builds and checks
+# with broker.raft.messages.message_from_wire): this module stays ignorant of Raft.
+
+
+@dataclass(slots=True, kw_only=True)
+class _RaftEnvelope(Request):
+    """One Raft peer message, one way: the receiving broker sends no response (as for an acks=0
+    produce), since Raft answers with messages of its own and tolerates loss."""
+
+    message: list = field(default_factory=list)
+
+    def to_control(self) -> list:
+        return [self.message]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader):
+        (message,) = _fields(control, "control", 1)
+        return cls(message=list(_list(message, "message")))
+
+
+@dataclass(slots=True, kw_only=True)
+class _RaftAck(Response):
+    """Never sent (Raft requests are one way); registered so the API has a response type."""
+
+    def to_control(self) -> list:
+        return []
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader):
+        _fields(control, "control", 0)
+        return cls()
+
+
+@dataclass(slots=True, kw_only=True)
+class RaftVoteRequest(_RaftEnvelope):
+    """PreVote, PreVoteResp, Vote, VoteResp."""
+
+    API_KEY: ClassVar[int] = ApiKey.RAFT_VOTE
+
+
+@dataclass(slots=True, kw_only=True)
+class RaftVoteResponse(_RaftAck):
+    API_KEY: ClassVar[int] = ApiKey.RAFT_VOTE
+
+
+@dataclass(slots=True, kw_only=True)
+class RaftAppendEntriesRequest(_RaftEnvelope):
+    """AppendEntries, AppendResp, Heartbeat, HeartbeatResp."""
+
+    API_KEY: ClassVar[int] = ApiKey.RAFT_APPEND_ENTRIES
+
+
+@dataclass(slots=True, kw_only=True)
+class RaftAppendEntriesResponse(_RaftAck):
+    API_KEY: ClassVar[int] = ApiKey.RAFT_APPEND_ENTRIES
+
+
+@dataclass(slots=True, kw_only=True)
+class RaftInstallSnapshotRequest(_RaftEnvelope):
+    """InstallSnapshot, SnapshotResp."""
+
+    API_KEY: ClassVar[int] = ApiKey.RAFT_INSTALL_SNAPSHOT
+
+
+@dataclass(slots=True, kw_only=True)
+class RaftInstallSnapshotResponse(_RaftAck):
+    API_KEY: ClassVar[int] = ApiKey.RAFT_INSTALL_SNAPSHOT
+
+
+@dataclass(slots=True, kw_only=True)
+class BrokerRegistrationRequest(Request):
+    """A broker (re)starting tells the controller where it listens; `incarnation` is new at
+    every process start, so the controller can tell a restart from a duplicate."""
+
+    API_KEY: ClassVar[int] = ApiKey.BROKER_REGISTRATION
+    node_id: int = NO_NODE_ID
+    host: str = ""
+    port: int = 0
+    incarnation: str = ""
+
+    def to_control(self) -> list:
+        return [self.node_id, self.host, self.port, self.incarnation]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> BrokerRegistrationRequest:
+        node_id, host, port, incarnation = _fields(control, "control", 4)
+        return cls(
+            node_id=_int(node_id, "node_id", _I32),
+            host=_str(host, "host"),
+            port=_int(port, "port", _U16),
+            incarnation=_str(incarnation, "incarnation"),
+        )
+
+
+@dataclass(slots=True, kw_only=True)
+class BrokerRegistrationResponse(Response):
+    API_KEY: ClassVar[int] = ApiKey.BROKER_REGISTRATION
+    error_code: int = ErrorCode.NONE
+    error_message: str | None = None
+    controller_id: int = NO_NODE_ID
+
+    def to_control(self) -> list:
+        return [self.error_code, self.error_message, self.controller_id]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> BrokerRegistrationResponse:
+        error_code, message, controller_id = _fields(control, "control", 3)
+        return cls(
+            error_code=_int(error_code, "error_code", _I16),
+            error_message=_opt_str(message, "error_message"),
+            controller_id=_int(controller_id, "controller_id", _I32),
+        )
+
+
+@dataclass(slots=True, kw_only=True)
+class BrokerHeartbeatRequest(Request):
+    """A registered broker is alive; the controller fences one it stops hearing from."""
+
+    API_KEY: ClassVar[int] = ApiKey.BROKER_HEARTBEAT
+    node_id: int = NO_NODE_ID
+    incarnation: str = ""
+
+    def to_control(self) -> list:
+        return [self.node_id, self.incarnation]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> BrokerHeartbeatRequest:
+        node_id, incarnation = _fields(control, "control", 2)
+        return cls(node_id=_int(node_id, "node_id", _I32), incarnation=_str(incarnation, "incarnation"))
+
+
+@dataclass(slots=True, kw_only=True)
+class BrokerHeartbeatResponse(Response):
+    API_KEY: ClassVar[int] = ApiKey.BROKER_HEARTBEAT
+    error_code: int = ErrorCode.NONE
+    error_message: str | None = None
+    controller_id: int = NO_NODE_ID
+    fenced: bool = False
+
+    def to_control(self) -> list:
+        return [self.error_code, self.error_message, self.controller_id, self.fenced]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> BrokerHeartbeatResponse:
+        error_code, message, controller_id, fenced = _fields(control, "control", 4)
+        return cls(
+            error_code=_int(error_code, "error_code", _I16),
+            error_message=_opt_str(message, "error_message"),
+            controller_id=_int(controller_id, "controller_id", _I32),
+            fenced=_bool(fenced, "fenced"),
+        )
+
+
+@dataclass(slots=True, kw_only=True)
+class DescribeQuorumRequest(Request):
+    """The controller quorum as its leader sees it; other brokers answer NOT_CONTROLLER."""
+
+    API_KEY: ClassVar[int] = ApiKey.DESCRIBE_QUORUM
+
+    def to_control(self) -> list:
+        return []
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> DescribeQuorumRequest:
+        _fields(control, "control", 0)
+        return cls()
+
+
+@dataclass(slots=True)
+class QuorumReplica:
+    """One member of the metadata quorum as the leader tracks it. `match_index`: highest log
+    index known to be on its disk; `lag`: leader's last index minus that; `state`: the
+    leader's replication mode for it (leader, probe, replicate, snapshot)."""
+
+    node_id: int
+    match_index: int
+    lag: int
+    state: str
+    recent_active: bool
+
+
+def _quorum_rows(value: Any, path: str) -> list[QuorumReplica]:
+    return [
+        QuorumReplica(
+            _int(node_id, path + "[].node_id", _I32),
+            _int(match_index, path + "[].match_index", _I64),
+            _int(lag, path + "[].lag", _I64),
+            _str(state, path + "[].state"),
+            _bool(active, path + "[].recent_active"),
+        )
+        for node_id, match_index, lag, state, active in _rows(value, path, 5)
+    ]
+
+
+@dataclass(slots=True, kw_only=True)
+class DescribeQuorumResponse(Response):
+    API_KEY: ClassVar[int] = ApiKey.DESCRIBE_QUORUM
+    error_code: int = ErrorCode.NONE
+    error_message: str | None = None
+    leader_id: int = NO_NODE_ID
+    term: int = 0
+    commit_index: int = 0
+    last_index: int = 0
+    voters: list[QuorumReplica] = field(default_factory=list)
+    observers: list[QuorumReplica] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        def rows(replicas: list[QuorumReplica]) -> list:
+            return [[r.node_id, r.match_index, r.lag, r.state, r.recent_active] for r in replicas]
+
+        return [self.error_code, self.error_message, self.leader_id, self.term, self.commit_index,
+                self.last_index, rows(self.voters), rows(self.observers)]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> DescribeQuorumResponse:
+        error_code, message, leader_id, term, commit, last, voters, observers = _fields(control, "control", 8)
+        return cls(
+            error_code=_int(error_code, "error_code", _I16),
+            error_message=_opt_str(message, "error_message"),
+            leader_id=_int(leader_id, "leader_id", _I32),
+            term=_int(term, "term", _I64),
+            commit_index=_int(commit, "commit_index", _I64),
+            last_index=_int(last, "last_index", _I64),
+            voters=_quorum_rows(voters, "voters"),
+            observers=_quorum_rows(observers, "observers"),
+        )
+
+
+register_api(RaftVoteRequest, RaftVoteResponse)
+register_api(RaftAppendEntriesRequest, RaftAppendEntriesResponse)
+register_api(RaftInstallSnapshotRequest, RaftInstallSnapshotResponse)
+register_api(BrokerRegistrationRequest, BrokerRegistrationResponse)
+register_api(BrokerHeartbeatRequest, BrokerHeartbeatResponse)
+register_api(DescribeQuorumRequest, DescribeQuorumResponse)

@@ -1,0 +1,416 @@
+"""The metadata controller: the replicated state machine on every broker, and the logic the
+active controller (the Raft leader) runs.
+
+On every broker, voter or observer, `Controller` is the application of the Raft driver
+(broker/raft/driver.py): it applies committed records to the `MetadataImage`, snapshots it and
+restores it, and tells the broker (`on_change`) so the replica manager follows the image.
+
+On the Raft leader it is also the *active controller*, once everything committed before its term
+is applied (`RaftDriver.leader_ready`): it validates and commits changes (topics, broker
+registrations) and runs a reconciliation loop every `reconcile_interval_ms`:
+
+- fence a broker it has not heard a heartbeat from within `session_timeout_ms` (each broker gets
+  a full session of grace when a new controller takes over, since heartbeats went to the old one);
+- unfence a fenced broker that heartbeats again;
+- move leadership off fenced brokers: a partition whose leader is fenced gets the first live
+  replica of its ISR as leader, with leader_epoch + 1; fenced followers leave the ISR; when no ISR
+  member is live the partition has no leader (NO_LEADER, epoch + 1) and keeps its ISR, so the
+  first of them to come back leads again (never an out-of-sync replica: no unclean election).
+  Adding a caught-up follower back to the ISR is the replication work's (AlterPartition).
+
+Reconciliation is level-triggered: it compares the image with what should be and writes the
+difference, one write at a time (the next pass waits for the previous write to be applied), so
+a lost write or a leader change is repaired by the next pass rather than forgotten.
+
+Changes answer their caller only once committed AND applied here, so "create, then describe on
+this broker" sees the topic. Validation reads the image plus the changes still in flight
+(`_pending`), so two concurrent creates of one name cannot both pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from client.protocol.errors import ErrorCode
+from storage.clock import Clock, SystemClock
+
+from broker.logging import StructuredLogger, get_logger
+from broker.metadata import NO_LEADER, MetadataImage, PartitionState, assign_replicas, new_topic_id
+from broker.raft.core import Role
+from broker.raft.driver import DriverStopped, ProposalLost, RaftDriver
+from broker.raft.errors import NotLeader, ProposalDropped, RaftError
+
+
+class ControllerError(Exception):
+    """A change the controller refused or could not commit; `code` is the wire error."""
+
+    def __init__(self, code: ErrorCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    session_timeout_ms: int = 6000
+    reconcile_interval_ms: int = 100
+
+
+# --- pure decisions (no I/O, tested directly) --------------------------------------------------
+
+
+def elect(partition: PartitionState, live: set[int]) -> tuple[int, int, list[int]] | None:
+    """The (leader, leader_epoch, isr) `partition` should have with these live brokers, or None
+    when it is fine as it is. See the module docstring for the rules."""
+    isr_live = [b for b in partition.isr if b in live]
+    if partition.leader in live:
+        if isr_live != partition.isr:
+            return partition.leader, partition.leader_epoch, isr_live  # fenced followers leave the ISR
+        return None
+    if isr_live:
+        leader = next(r for r in partition.replicas + isr_live if r in isr_live)  # preferred order first
+        return leader, partition.leader_epoch + 1, isr_live
+    if partition.leader != NO_LEADER:
+        return NO_LEADER, partition.leader_epoch + 1, list(partition.isr)
+    return None
+
+
+def partition_changes(image: MetadataImage, live: set[int]) -> list[list]:
+    records = []
+    for topic in image.topics.values():
+        for state in topic.partitions:
+            change = elect(state, live)
+            if change is not None:
+                leader, epoch, isr = change
+                records.append(["partition", topic.name, state.partition, leader, epoch, isr])
+    return records
+
+
+# --- the controller ------------------------------------------------------------------------------
+
+
+class Controller:
+    def __init__(self, node_id: int, settings: ControllerSettings | None = None, *, clock: Clock | None = None,
+                 log: StructuredLogger | None = None):
+        self.node_id = node_id
+        self.settings = settings or ControllerSettings()
+        self.image = MetadataImage()
+        self.clock = clock or SystemClock()
+        self.log = log or get_logger("broker.controller")
+        self.driver: RaftDriver | None = None
+        # Called with the image after each batch of applied records (the replica manager follows).
+        self.on_change: Callable[[MetadataImage], None] | None = None
+        # Called on every Raft role/leader change (the broker's lifecycle re-finds the controller).
+        self.on_leader_change: Callable[[], None] | None = None
+        self._active_term = -1
+        self._last_heartbeat_ms: dict[int, int] = {}
+        self._heard: set[int] = set()  # brokers that heartbeated to this controller, this term
+        self._pending: dict[str, asyncio.Future] = {}  # topic name -> create/delete in flight
+        self._pending_registration: dict[int, tuple[str, asyncio.Future]] = {}
+        self._reconcile_write: asyncio.Future | None = None
+        self._reconcile_timer: asyncio.TimerHandle | None = None
+        self._last_scan: tuple[int, frozenset[int]] | None = None
+        self._known_brokers: set[int] = set()
+
+    def attach(self, driver: RaftDriver) -> None:
+        self.driver = driver
+
+    # ---- the state machine (every broker) -------------------------------------------------
+
+    def restore(self, data: bytes, index: int) -> None:
+        controller_id = self.image.controller_id
+        self.image = MetadataImage.from_snapshot(data)
+        self.image.controller_id = controller_id
+        self._note_brokers()
+
+    def apply(self, index: int, records: list[Any]) -> None:
+        image = self.image
+        for record in records:
+            image.apply(record)
+
+    def applied(self, index: int) -> None:
+        self._note_brokers()
+        if self.on_change is not None:
+            self.on_change(self.image)
+        driver = self.driver
+        if driver is not None and driver.leader_ready and self._active_term != driver.raft.term:
+            self._activate(driver.raft.term)
+
+    def snapshot(self) -> bytes:
+        return self.image.to_snapshot()
+
+    def role_changed(self, role: Role, term: int, leader_id: int | None) -> None:
+        self.image.controller_id = leader_id if leader_id is not None else NO_LEADER
+        if self._active_term != -1 and (role is not Role.LEADER or term != self._active_term):
+            self._deactivate()
+        driver = self.driver
+        if driver is not None and driver.leader_ready and self._active_term != term:
+            self._activate(term)
+        if self.on_leader_change is not None:
+            self.on_leader_change()
+
+    def _note_brokers(self) -> None:
+        """Tell the driver about non-voting brokers so the leader replicates to them."""
+        brokers = set(self.image.brokers)
+        if brokers - self._known_brokers:
+            self._known_brokers = brokers
+            if self.driver is not None:
+                self.driver.add_observers(brokers - self.driver.voters)
+
+    # ---- becoming (and ceasing to be) the active controller -----------------------------------
+
+    @property
+    def active(self) -> bool:
+        driver = self.driver
+        return driver is not None and driver.leader_ready and self._active_term == driver.raft.term
+
+    def _activate(self, term: int) -> None:
+        self._active_term = term
+        now = self.clock.monotonic_ms()
+        self._last_heartbeat_ms = {node_id: now for node_id in self.image.brokers}  # a full session of grace
+        self._heard = set()
+        self._last_scan = None
+        alone = self.driver is not None and self.driver.voters == {self.node_id}
+        (self.log.debug if alone else self.log.info)(
+            "controller_active", node_id=self.node_id, term=term, brokers=len(self.image.brokers),
+            topics=len(self.image.topics))
+        self.reconcile_now()
+        if self.on_leader_change is not None:
+            self.on_leader_change()  # our own broker registers with us at once
+
+    def reconcile_now(self) -> None:
+        """One reconciliation pass now; its records join the entry being batched."""
+        if self._reconcile_timer is not None:
+            self._reconcile_timer.cancel()
+        self._reconcile()
+
+    def _deactivate(self) -> None:
+        self.log.info("controller_inactive", node_id=self.node_id, term=self._active_term)
+        self._active_term = -1
+        if self._reconcile_timer is not None:
+            self._reconcile_timer.cancel()
+            self._reconcile_timer = None
+        self._reconcile_write = None
+        self._last_heartbeat_ms = {}
+        self._heard = set()
+
+    def close(self) -> None:
+        if self._reconcile_timer is not None:
+            self._reconcile_timer.cancel()
+            self._reconcile_timer = None
+
+    def not_controller(self) -> ControllerError:
+        driver = self.driver
+        leader = driver.leader_id if driver is not None else None
+        if leader is not None and leader != self.node_id:
+            return ControllerError(ErrorCode.NOT_CONTROLLER, f"node {self.node_id} is not the controller; node {leader} is")
+        if leader == self.node_id:
+            return ControllerError(ErrorCode.NOT_CONTROLLER,
+                                   f"node {self.node_id} was just elected controller and is catching up; retry")
+        voters = sorted(driver.voters) if driver is not None else []
+        return ControllerError(
+            ErrorCode.NOT_CONTROLLER,
+            f"no controller: node {self.node_id} knows of no Raft leader among voters "
+            f"{','.join(map(str, voters))} (a majority of {len(voters) // 2 + 1} must be up and reachable)",
+        )
+
+    def _require_active(self) -> RaftDriver:
+        if not self.active:
+            raise self.not_controller()
+        return self.driver  # type: ignore[return-value]
+
+    # ---- changes (active controller) ----------------------------------------------------------
+
+    def _propose(self, records: list[list]) -> asyncio.Future:
+        """Queue records for the next Raft entry (synchronously: proposals of one loop iteration
+        share an entry). The future resolves once they are applied here."""
+        driver = self._require_active()
+        try:
+            return driver.propose(records)
+        except NotLeader:
+            raise self.not_controller() from None
+        except DriverStopped as exc:
+            raise ControllerError(ErrorCode.BROKER_NOT_AVAILABLE, str(exc)) from None
+
+    async def _wait(self, proposal: asyncio.Future) -> int:
+        try:
+            return await proposal
+        except NotLeader:
+            raise self.not_controller() from None
+        except ProposalLost as exc:
+            raise ControllerError(ErrorCode.NOT_CONTROLLER, f"the controller changed before the change committed: {exc}") from None
+        except ProposalDropped as exc:
+            raise ControllerError(ErrorCode.REQUEST_TIMED_OUT, f"the metadata quorum is not keeping up: {exc}") from None
+        except DriverStopped as exc:
+            raise ControllerError(ErrorCode.BROKER_NOT_AVAILABLE, str(exc)) from None
+        except RaftError as exc:
+            raise ControllerError(ErrorCode.NOT_CONTROLLER, str(exc)) from None
+
+    async def _settle(self, name: str) -> None:
+        """Wait for a create/delete of `name` in flight, whatever its outcome."""
+        while name in self._pending:
+            try:
+                await asyncio.shield(self._pending[name])
+            except Exception:
+                pass
+
+    def _topic_record(self, name: str, partitions: int, replication_factor: int, configs: dict[str, str]) -> list:
+        live = [b.node_id for b in self.image.live_brokers()]
+        try:
+            assignment = assign_replicas(live, partitions, replication_factor,
+                                         start=len(self.image.topics) + len(self._pending))
+        except ValueError as exc:
+            raise ControllerError(ErrorCode.INVALID_REPLICATION_FACTOR, str(exc)) from None
+        return ["topic", name, new_topic_id(), partitions, replication_factor, dict(configs), assignment]
+
+    async def create_topic(self, name: str, partitions: int, replication_factor: int, configs: dict[str, str]) -> None:
+        """Commit a new topic; returns once it is in this broker's image."""
+        self._require_active()
+        await self._settle(name)
+        if name in self.image.topics:
+            raise ControllerError(ErrorCode.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists")
+        record = self._topic_record(name, partitions, replication_factor, configs)
+        await self._tracked(name, [record])
+
+    def create_topic_now(self, name: str, partitions: int, replication_factor: int, configs: dict[str, str]) -> None:
+        """Synchronous create, only where this node alone is the quorum (auto-creation on produce)."""
+        driver = self._require_active()
+        if name in self.image.topics:
+            return
+        if name in self._pending:
+            raise ControllerError(ErrorCode.LEADER_NOT_AVAILABLE, f"topic {name!r} is being created")
+        try:
+            driver.commit_now([self._topic_record(name, partitions, replication_factor, configs)])
+        except RaftError:
+            raise self.not_controller() from None
+
+    async def delete_topic(self, name: str) -> None:
+        self._require_active()
+        await self._settle(name)
+        if name not in self.image.topics:
+            raise ControllerError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"topic {name!r} does not exist")
+        await self._tracked(name, [["delete_topic", name]])
+
+    async def _tracked(self, name: str, records: list[list]) -> None:
+        future = asyncio.ensure_future(self._wait(self._propose(records)))
+        self._pending[name] = future
+        try:
+            await asyncio.shield(future)
+        finally:
+            if self._pending.get(name) is future:
+                del self._pending[name]
+
+    def creating(self, name: str) -> bool:
+        return name in self._pending
+
+    async def register_broker(self, node_id: int, host: str, port: int, incarnation: str) -> None:
+        """A broker (re)started: record where it is; returns once applied (it is then live)."""
+        self._require_active()
+        self._heard_from(node_id)
+        current = self.image.brokers.get(node_id)
+        if current is not None and not current.fenced and (current.host, current.port, current.incarnation) == (host, port, incarnation):
+            return
+        pending = self._pending_registration.get(node_id)
+        if pending is not None and pending[0] == incarnation:
+            await asyncio.shield(pending[1])
+            return
+        future = asyncio.ensure_future(self._wait(self._propose([["broker", node_id, host, port, incarnation]])))
+        self._pending_registration[node_id] = (incarnation, future)
+        try:
+            await asyncio.shield(future)
+        finally:
+            if self._pending_registration.get(node_id, (None, None))[1] is future:
+                del self._pending_registration[node_id]
+        self.log.info("broker_registered", node_id=node_id, host=host, port=port, incarnation=incarnation)
+        self._schedule_reconcile(0)  # partitions without a leader may have one now
+
+    def heartbeat(self, node_id: int, incarnation: str) -> bool:
+        """A registered broker is alive. Returns whether it is fenced (then it will be unfenced)."""
+        self._require_active()
+        broker = self.image.brokers.get(node_id)
+        if broker is None:
+            raise ControllerError(ErrorCode.BROKER_ID_NOT_REGISTERED, f"broker {node_id} is not registered")
+        if broker.incarnation != incarnation:
+            raise ControllerError(ErrorCode.STALE_BROKER_EPOCH,
+                                  f"broker {node_id} registered as incarnation {broker.incarnation}, not {incarnation}")
+        self._heard_from(node_id)
+        if broker.fenced:
+            self._schedule_reconcile(0)
+        return broker.fenced
+
+    def _heard_from(self, node_id: int) -> None:
+        self._last_heartbeat_ms[node_id] = self.clock.monotonic_ms()
+        self._heard.add(node_id)
+
+    # ---- reconciliation (active controller) ------------------------------------------------------
+
+    def _schedule_reconcile(self, delay_ms: int | None = None) -> None:
+        if self._active_term == -1:
+            return
+        if self._reconcile_timer is not None:
+            if delay_ms != 0:
+                return
+            self._reconcile_timer.cancel()
+        delay = self.settings.reconcile_interval_ms if delay_ms is None else delay_ms
+        self._reconcile_timer = asyncio.get_running_loop().call_later(delay / 1000, self._reconcile)
+
+    def _reconcile(self) -> None:
+        self._reconcile_timer = None
+        if not self.active:
+            return
+        try:
+            if self._reconcile_write is None:
+                records = self.plan(self.clock.monotonic_ms())
+                if records:
+                    self._start_reconcile_write(records)
+        except ControllerError:
+            pass  # lost leadership meanwhile: the next controller reconciles
+        finally:
+            if self._reconcile_write is not None or set(self.image.brokers) - {self.node_id}:
+                self._schedule_reconcile()
+            # else: no other broker to watch (a single node); a registration restarts the loop
+
+    def plan(self, now_ms: int) -> list[list]:
+        """The records that bring the image to what should be (see the module docstring)."""
+        image = self.image
+        records: list[list] = []
+        if not image.cluster_id:
+            records.append(["cluster", new_topic_id()])
+        timeout = self.settings.session_timeout_ms
+        fenced = {b.node_id for b in image.brokers.values() if b.fenced}
+        for broker in sorted(image.brokers.values(), key=lambda b: b.node_id):
+            if broker.node_id == self.node_id:
+                # A controller never fences its own broker: if this code runs, so does it (and a
+                # loop stalled past the session would otherwise fence a lone node).
+                last = self._last_heartbeat_ms[broker.node_id] = now_ms
+            last = self._last_heartbeat_ms.setdefault(broker.node_id, now_ms)
+            alive = now_ms - last <= timeout
+            if not broker.fenced and not alive:
+                records.append(["fence", broker.node_id, True])
+                fenced.add(broker.node_id)
+                self.log.warning("broker_fenced", node_id=broker.node_id, silent_ms=now_ms - last, session_timeout_ms=timeout)
+            elif broker.fenced and alive and broker.node_id in self._heard:
+                records.append(["fence", broker.node_id, False])
+                fenced.discard(broker.node_id)
+                self.log.info("broker_unfenced", node_id=broker.node_id)
+        scan_key = (image.applied_records, frozenset(fenced))
+        if scan_key != self._last_scan or records:
+            self._last_scan = scan_key
+            live = set(image.brokers) - fenced
+            records.extend(partition_changes(image, live))
+        return records
+
+    def _start_reconcile_write(self, records: list[list]) -> None:
+        future = self._propose(records)
+        self._reconcile_write = future
+
+        def done(f: asyncio.Future) -> None:
+            if self._reconcile_write is f:
+                self._reconcile_write = None
+                self._last_scan = None  # look again at once with the new image
+            if not f.cancelled() and f.exception() is not None:
+                self.log.debug("reconcile_write_failed", detail=str(f.exception()))
+
+        future.add_done_callback(done)
