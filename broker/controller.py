@@ -23,7 +23,10 @@ difference, one write at a time (the next pass waits for the previous write to b
 a lost write or a leader change is repaired by the next pass rather than forgotten.
 
 Changes answer their caller only once committed AND applied here, so "create, then describe on
-this broker" sees the topic. Validation reads the image plus the changes still in flight
+this broker" sees the topic. Reads that must be linearizable (`linearizable_read()`: DescribeQuorum,
+and DescribeTopic / DescribeCluster answered by the controller) first pass the driver's ReadIndex
+barrier: a majority confirms this node still leads, and the image has applied everything committed
+before the read arrived. A deposed controller cut off from the quorum answers NOT_CONTROLLER. Validation reads the image plus the changes still in flight
 (`_pending`), so two concurrent creates of one name cannot both pass.
 """
 
@@ -39,7 +42,7 @@ from storage.clock import Clock, SystemClock
 from broker.logging import StructuredLogger, get_logger
 from broker.metadata import NO_LEADER, MetadataImage, PartitionState, assign_replicas, new_topic_id
 from broker.raft.core import Role
-from broker.raft.driver import DriverStopped, ProposalLost, RaftDriver
+from broker.raft.driver import DriverStopped, ProposalLost, RaftDriver, ReadTimeout
 from broker.raft.errors import NotLeader, ProposalDropped, RaftError
 
 
@@ -220,6 +223,43 @@ class Controller:
         if not self.active:
             raise self.not_controller()
         return self.driver  # type: ignore[return-value]
+
+    # ---- linearizable reads (active controller) --------------------------------------------------
+
+    @property
+    def read_timeout_s(self) -> float:
+        """How long a linearizable read waits to confirm leadership: two election timeouts. A
+        leader that hears from no majority for one election timeout steps down (check-quorum),
+        so by then the read has failed with NOT_CONTROLLER rather than waited for this."""
+        settings = self.driver.settings if self.driver is not None else None
+        if settings is None:
+            return 1.0
+        return 2 * settings.raft.election_ticks * settings.tick_ms / 1000
+
+    async def linearizable_read(self) -> None:
+        """Return once reading `self.image` here is linearizable: this node is the active
+        controller, a majority confirmed it still leads (a Raft ReadIndex round), and the image
+        holds every change committed before the call. Raises ControllerError(NOT_CONTROLLER,
+        retriable) otherwise: not the controller, deposed meanwhile, or unable to reach a
+        majority within `read_timeout_s`."""
+        driver = self._require_active()
+        timeout_s = self.read_timeout_s
+        try:
+            await driver.read_barrier(timeout_s)
+        except NotLeader:
+            raise self.not_controller() from None
+        except ReadTimeout:
+            raise ControllerError(
+                ErrorCode.NOT_CONTROLLER,
+                f"node {self.node_id} could not confirm it is still the controller: no majority of voters "
+                f"{','.join(map(str, sorted(driver.voters)))} answered within {timeout_s * 1000:.0f} ms; retry",
+            ) from None
+        except DriverStopped as exc:
+            raise ControllerError(ErrorCode.BROKER_NOT_AVAILABLE, str(exc)) from None
+        except RaftError as exc:  # ProposalDropped: too many reads pending
+            raise ControllerError(ErrorCode.REQUEST_TIMED_OUT, f"the metadata quorum is not keeping up: {exc}") from None
+        if not self.active:  # deposed while the image caught up: never answer for a past term
+            raise self.not_controller()
 
     # ---- changes (active controller) ----------------------------------------------------------
 

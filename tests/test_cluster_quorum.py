@@ -5,7 +5,9 @@ seen by all three; `tidelog cluster status`; kill -9 of the controller leader, a
 a bound and admin working again; the killed broker fenced and its partitions moved; the old
 leader catching up (from a snapshot) after a restart; two of three down: admin fails with a
 clear error within its timeout; metadata from before any failure still there after all three
-restart. Then a fourth broker outside `--voters` following the quorum as an observer. Every
+restart. Then a fourth broker outside `--voters` following the quorum as an observer, and a
+leader whose two followers are paused (SIGSTOP) refusing linearizable reads (DescribeQuorum,
+DescribeCluster, DescribeTopic) instead of answering from a leadership it cannot confirm. Every
 wait is a condition with a deadline.
 """
 
@@ -22,7 +24,13 @@ from broker.testing import BrokerNode, LocalCluster, free_ports
 from client import Admin
 from client.connection import Connection
 from client.errors import TidelogError
-from client.protocol.messages import MetadataRequest
+from client.protocol.errors import ErrorCode
+from client.protocol.messages import (
+    DescribeClusterRequest,
+    DescribeQuorumRequest,
+    DescribeTopicRequest,
+    MetadataRequest,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -189,3 +197,51 @@ async def test_a_broker_outside_the_voters_registers_and_follows_as_an_observer(
             assert [line.split()[0] for line in observers[1:]] == ["4"]
         finally:
             observer.close()
+
+
+async def ask(node, request, timeout_ms: int = 10_000):
+    """One request to exactly this broker (no SDK routing or retries)."""
+    conn = await Connection.open("127.0.0.1", node.port, request_timeout_ms=timeout_ms)
+    try:
+        return await conn.request(request)
+    finally:
+        conn.close()
+
+
+async def test_a_leader_cut_off_from_both_followers_refuses_linearizable_reads_until_they_return():
+    # The leader can confirm its leadership within 2 election timeouts (2 x 10 x 50 ms) or not at all.
+    read_bound_s = 1.0
+    with LocalCluster(3) as cluster:
+        nodes = cluster.brokers
+        leader_id = await until(lambda: settled(nodes, 3), 20, "three registered brokers and one controller")
+        async with Admin(bootstrap_servers=cluster.bootstrap_servers, request_timeout_ms=10_000) as admin:
+            await admin.create_topic("lin", partitions=1)
+        leader = nodes[leader_id - 1]
+        assert (await ask(leader, DescribeQuorumRequest())).error_code == ErrorCode.NONE
+
+        followers = [n for n in nodes if n is not leader]
+        for node in followers:
+            node.pause()
+        try:
+            started = time.monotonic()
+            quorum = await ask(leader, DescribeQuorumRequest())
+            elapsed = time.monotonic() - started
+            assert quorum.error_code == ErrorCode.NOT_CONTROLLER and ErrorCode(quorum.error_code).retriable
+            assert "controller" in quorum.error_message and elapsed < read_bound_s + 2.0
+            print(f"\nDescribeQuorum on a leader with both followers paused: refused after {elapsed:.2f} s: "
+                  f"{quorum.error_message}")
+            described = await ask(leader, DescribeClusterRequest())
+            assert described.error_code == ErrorCode.NOT_CONTROLLER or described.controller_id == -1
+            topic = (await ask(leader, DescribeTopicRequest(names=["lin"]))).topics[0]
+            # Refused, or (once check-quorum stepped it down) a local read that names no controller.
+            assert topic.error_code in (ErrorCode.NOT_CONTROLLER, ErrorCode.NONE)
+            metadata = await ask(leader, MetadataRequest())  # local, never waits on the quorum
+            assert "lin" in {t.name for t in metadata.topics}
+        finally:
+            for node in followers:
+                node.resume()
+
+        await until(lambda: settled(nodes, 3), 20, "a controller again after the followers resumed")
+        code, out, err = await tidelog_cli("cluster", "status", "--bootstrap", cluster.bootstrap_servers)
+        assert code == 0, err
+        assert "controller " in out and "commit index" in out

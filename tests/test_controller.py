@@ -1,6 +1,7 @@
 """The controller state machine: leader election rules for partitions, fencing on a missed
 session and unfencing on a heartbeat (with an injected clock), topic changes that answer only
-once applied, validation against changes in flight, and NOT_CONTROLLER off the leader.
+once applied, validation against changes in flight, linearizable reads, and NOT_CONTROLLER
+off the leader.
 
 Runs the real Controller on a real RaftDriver (a quorum of one, in process), so only the
 clock is fake."""
@@ -143,6 +144,21 @@ async def test_off_the_leader_every_change_is_refused_with_not_controller(tmp_pa
         assert "no controller" in refused.value.message and "1,2,3" in refused.value.message
         with pytest.raises(ControllerError):
             c.controller.heartbeat(1, "x")
+        with pytest.raises(ControllerError) as refused:
+            await c.controller.linearizable_read()
+        assert refused.value.code == ErrorCode.NOT_CONTROLLER
+    finally:
+        await c.stop()
+
+
+async def test_a_linearizable_read_on_the_controller_sees_every_applied_change(tmp_path):
+    c = Cluster(tmp_path)
+    try:
+        await until(lambda: c.controller.active and c.image.cluster_id, "an active controller with a cluster id")
+        await c.controller.register_broker(1, "h1", 1, "inc-1")
+        await c.controller.create_topic("seen", 1, 1, {})
+        await c.controller.linearizable_read()  # a quorum of one: at once, applied == committed
+        assert "seen" in c.image.topics and c.driver.applied_index == c.driver.raft.log.commit
     finally:
         await c.stop()
 

@@ -1,6 +1,7 @@
 """The Raft driver and its disk: what survives a restart (term, vote, entries, snapshots), a torn
-tail cut at start, the fsync-before-send rule, batching, compaction, and three drivers wired
-through an in-memory network electing a leader and taking in an observer."""
+tail cut at start, the fsync-before-send rule, batching, compaction, three drivers wired
+through an in-memory network electing a leader and taking in an observer, and linearizable
+reads (ReadIndex): answered only after a heartbeat round, never by an isolated leader."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from broker.raft import Entry, EntryKind, HardState, NotLeader, RaftConfig, Ready, Role, Snapshot, SnapshotMeta
-from broker.raft.driver import DriverSettings, RaftDriver
+from broker.raft.driver import DriverSettings, RaftDriver, ReadTimeout
 from broker.raft.messages import PreVoteResp, VoteResp
 from broker.raft.persist import SNAPSHOT_NAME, WAL_NAME, RaftStorage
 
@@ -263,6 +264,7 @@ class MemoryNetwork:
     def __init__(self):
         self.drivers: dict[int, RaftDriver] = {}
         self.down: set[int] = set()
+        self.dropped: list = []  # messages lost to a down node, in order
 
     def transport(self, node_id: int):
         network = self
@@ -272,6 +274,7 @@ class MemoryNetwork:
                 loop = asyncio.get_running_loop()
                 for message in messages:
                     if node_id in network.down or message.to in network.down:
+                        network.dropped.append(message)
                         continue
                     target = network.drivers.get(message.to)
                     if target is not None:
@@ -326,3 +329,93 @@ async def test_the_peer_queue_is_bounded_and_drops_the_oldest_while_a_peer_is_un
         assert transport.stats()[2].dropped == 6
     finally:
         await transport.close()
+
+
+# ---- linearizable reads (ReadIndex) --------------------------------------------------------------
+
+
+async def test_a_lone_voter_answers_a_read_at_once_with_everything_applied(tmp_path):
+    app = App()
+    driver = RaftDriver(1, frozenset({1}), frozenset(), RaftStorage(tmp_path, fsync=False), RecordingTransport([]), app,
+                        DriverSettings(tick_ms=10, raft=FAST))
+    driver.load()
+    driver.start()
+    try:
+        index = await driver.propose([["r", 1]])
+        assert await driver.read_barrier(0.5) == index == driver.applied_index
+    finally:
+        await driver.stop()
+
+
+async def test_a_follower_refuses_a_read_with_the_leader_hint():
+    driver = RaftDriver(2, frozenset({1, 2, 3}), frozenset(), RecordingStorage([]), RecordingTransport([]), App(),
+                        DriverSettings(tick_ms=1000, raft=FAST))
+    driver.load()
+    driver.start()
+    try:
+        with pytest.raises(NotLeader):
+            await driver.read_barrier(1.0)
+    finally:
+        await driver.stop()
+
+
+async def _three(tmp_path, network: MemoryNetwork, settings: DriverSettings) -> tuple[list[RaftDriver], dict]:
+    apps = {n: App() for n in (1, 2, 3)}
+    drivers = []
+    for node_id in (1, 2, 3):
+        driver = RaftDriver(node_id, frozenset({1, 2, 3}), frozenset(), RaftStorage(tmp_path / str(node_id), fsync=False),
+                            network.transport(node_id), apps[node_id], settings)
+        network.drivers[node_id] = driver
+        driver.load()
+        driver.start()
+        drivers.append(driver)
+    await wait_until(lambda: any(d.leader_ready for d in drivers), what="a leader")
+    return drivers, apps
+
+
+async def test_the_leader_answers_a_read_only_after_a_majority_acknowledged_a_heartbeat_round(tmp_path):
+    """Cut off, the leader still believes it leads (its election timeout is long here) but its
+    read waits: heartbeats go out and are lost. Once the network heals, the round completes and
+    the read answers, with everything committed before it applied. Concurrent reads share a round."""
+    network = MemoryNetwork()
+    # Election timeout 1-2 s: far longer than the test isolates the leader, so neither the
+    # leader (check-quorum) nor the followers act on the silence meanwhile.
+    drivers, apps = await _three(tmp_path, network, DriverSettings(tick_ms=10, raft=RaftConfig(election_ticks=100)))
+    try:
+        leader = next(d for d in drivers if d.leader_ready)
+        index = await leader.propose([["topic", "a"]])
+        rounds = leader._read_seq
+        reads = await asyncio.gather(*(leader.read_barrier(5.0) for _ in range(5)))
+        assert reads == [reads[0]] * 5 and reads[0] >= index and leader._read_seq == rounds + 1  # one round
+
+        network.down = {leader.node_id}
+        read = asyncio.ensure_future(leader.read_barrier(5.0))
+        heartbeats_lost = lambda: sum(1 for m in network.dropped if type(m).__name__ == "Heartbeat" and m.read_ctx)  # noqa: E731
+        await wait_until(lambda: heartbeats_lost() >= 4, what="heartbeats of the read lost")
+        assert not read.done() and leader.raft.role is Role.LEADER  # no majority heard: no answer
+        network.down = set()
+        assert await read >= index and apps[leader.node_id].records == [["topic", "a"]]
+    finally:
+        for d in drivers:
+            await d.stop()
+
+
+async def test_an_isolated_leader_never_answers_a_read_it_times_out_then_fails_on_stepping_down(tmp_path):
+    network = MemoryNetwork()
+    drivers, _ = await _three(tmp_path, network, DriverSettings(tick_ms=10, raft=RaftConfig(election_ticks=20)))
+    try:
+        leader = next(d for d in drivers if d.leader_ready)
+        await leader.read_barrier(5.0)
+        network.down = {leader.node_id}
+        # Shorter than the election timeout (200-400 ms): the leader still leads, cannot confirm it.
+        with pytest.raises(ReadTimeout):
+            await leader.read_barrier(0.05)
+        # Longer: check-quorum makes it step down; the core drops the read, the driver fails it.
+        started = time.monotonic()
+        with pytest.raises(NotLeader):
+            await leader.read_barrier(10.0)
+        assert time.monotonic() - started < 5.0 and leader.raft.role is not Role.LEADER
+        assert not leader._reads_confirming
+    finally:
+        for d in drivers:
+            await d.stop()

@@ -3,7 +3,8 @@
 Registration and heartbeats are answered by the active controller only (others say
 NOT_CONTROLLER, naming the leader they know of). DescribeQuorum is the leader's view of the
 metadata quorum (term, commit index, each member's replicated index and lag), for
-`tidelog cluster status`.
+`tidelog cluster status`. It is answered only after a Raft ReadIndex round confirmed this node
+still leads (see handle_describe_quorum).
 """
 
 from __future__ import annotations
@@ -50,6 +51,15 @@ async def handle_describe_quorum(ctx: HandlerContext, request: DescribeQuorumReq
     if not metadata.is_controller:
         refusal = metadata.not_controller()
         return DescribeQuorumResponse(error_code=refusal.code, error_message=refusal.message,
+                                      leader_id=metadata.controller_id)
+    # Linearizable: a leader deposed behind a partition still believes it leads until check-quorum
+    # steps it down, and would report itself as controller with a stale term, commit index and
+    # lags. A ReadIndex round makes a majority confirm the leadership first; if it cannot, the
+    # answer is NOT_CONTROLLER (retriable: `tidelog cluster status` asks again until its timeout).
+    try:
+        await metadata.controller.linearizable_read()
+    except ControllerError as exc:
+        return DescribeQuorumResponse(error_code=exc.code, error_message=exc.message,
                                       leader_id=metadata.controller_id)
     status = metadata.quorum_status()
     voters, observers = [], []

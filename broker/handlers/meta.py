@@ -1,10 +1,23 @@
 """ApiVersions, Metadata (with topic auto-creation), DescribeTopic and DescribeCluster.
 
-All three metadata reads are served from this broker's own image of the metadata log, on any
-broker: they may lag the controller by the time a committed change takes to reach this broker
-(about one Raft heartbeat, `raft_heartbeat_ticks` x `raft_tick_ms`), and a broker cut off from
-the quorum keeps answering with what it last applied. `controller_id` is the Raft leader this
-broker last heard from (-1 when it knows of none).
+The three metadata reads are served from this broker's own image of the metadata log.
+
+- Metadata (the hot one: producers and consumers refresh it often, on any broker) stays local
+  and never waits on the quorum. Its staleness bound: it may lag the controller by the time a
+  committed change takes to reach this broker (about one Raft heartbeat, `raft_heartbeat_ticks`
+  x `raft_tick_ms`, plus an apply), and a broker cut off from the quorum keeps answering with
+  what it last applied until it is back. Clients recover through the partition leader's
+  NOT_LEADER_OR_FOLLOWER / leader epochs, which do not trust this answer.
+- DescribeTopic and DescribeCluster answered by the active controller are linearizable: they
+  first pass a Raft ReadIndex round (`Controller.linearizable_read`), so they reflect every
+  change committed before the request arrived, and a deposed controller that cannot reach a
+  majority answers NOT_CONTROLLER (retriable; Admin asks again elsewhere) instead of describing
+  a past it still believes in. "Create, then describe" through Admin thus never misses the topic.
+  On other brokers they are local reads with the same staleness bound as Metadata: the request
+  messages have no "linearizable" flag (client/protocol is not changed for this), so the choice
+  is made by who answers. Ask the controller for a linearizable answer.
+
+`controller_id` is the Raft leader this broker last heard from (-1 when it knows of none).
 """
 
 from __future__ import annotations
@@ -29,6 +42,7 @@ from client.protocol.messages import (
     TopicMetadata,
 )
 
+from broker.controller import ControllerError
 from broker.handlers import HandlerContext
 from broker.handlers.topics import auto_create_topic
 from broker.metadata import MetadataImage, TopicState
@@ -79,7 +93,24 @@ def _unknown_topic_code(name: str) -> ErrorCode:
     return ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
 
 
+async def _linearizable_on_controller(ctx: HandlerContext) -> ControllerError | None:
+    """On the active controller, wait for a ReadIndex round before reading the image (see the
+    module docstring: an admin describing what it just changed must see it, and a controller
+    deposed behind a partition must not answer from its stale image). Elsewhere: a local read."""
+    metadata = ctx.metadata
+    if not metadata.is_controller:
+        return None
+    try:
+        await metadata.controller.linearizable_read()
+    except ControllerError as exc:
+        return exc
+    return None
+
+
 async def handle_describe_topic(ctx: HandlerContext, request: DescribeTopicRequest) -> DescribeTopicResponse:
+    refusal = await _linearizable_on_controller(ctx)
+    if refusal is not None:
+        return DescribeTopicResponse(topics=[DescribedTopic(refusal.code, name, [], {}) for name in request.names])
     image = ctx.metadata.image
     described = []
     for name in request.names:
@@ -92,6 +123,9 @@ async def handle_describe_topic(ctx: HandlerContext, request: DescribeTopicReque
 
 
 async def handle_describe_cluster(ctx: HandlerContext, request: DescribeClusterRequest) -> DescribeClusterResponse:
+    refusal = await _linearizable_on_controller(ctx)
+    if refusal is not None:
+        return DescribeClusterResponse(error_code=refusal.code, controller_id=ctx.metadata.controller_id)
     image = ctx.metadata.image
     brokers = [
         DescribedBroker(b.node_id, b.host, b.port, b.fenced)

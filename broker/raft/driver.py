@@ -25,6 +25,14 @@ resolves when its entry is applied here with the term it was proposed in (else i
 leader replaced it). Leadership lost -> every pending proposal fails with NotLeader: the entry
 may still commit under the next leader, so callers treat that as "outcome unknown, retry".
 
+Linearizable reads (`await driver.read_barrier(timeout_s)`, leader only): the Raft ReadIndex
+protocol. The leader notes its commit index, proves with a heartbeat round that a majority still
+follows it (a deposed leader cut off from the quorum cannot), and the barrier returns once that
+index is applied here: state read after it reflects every change committed before the call.
+Callers in one loop iteration share one round. A quorum of one answers at once. It fails with
+NotLeader (leader hint) when this node is or becomes a follower (the core drops pending reads
+silently then, so the driver fails them on the role change), or ReadTimeout at the deadline.
+
 Snapshots: once `snapshot_every_entries` entries were applied past the last snapshot, the app's
 snapshot is saved and the log compacted behind it.
 
@@ -59,6 +67,11 @@ ENTRY_BYTES_MAX = 512 << 10
 
 class ProposalLost(RaftError):
     """The entry of a proposal was replaced by another leader's before it committed."""
+
+
+class ReadTimeout(RaftError):
+    """A linearizable read could not confirm leadership (no majority acknowledged a heartbeat
+    round) before its deadline: this leader may be deposed or cut off from the quorum."""
 
 
 class DriverStopped(RaftError):
@@ -123,6 +136,12 @@ class RaftDriver:
         self._waiters: dict[int, list[tuple[int, asyncio.Future]]] = {}
         self._batch: list[tuple[bytes, int, asyncio.Future]] = []  # (packed records, count, future)
         self._kick_scheduled = False
+        # Linearizable reads: the shared future of this loop iteration's callers (not yet sent to
+        # the core), those waiting for their ReadState (by ctx), then those waiting for apply.
+        self._read_batch: asyncio.Future | None = None
+        self._reads_confirming: dict[bytes, asyncio.Future] = {}
+        self._reads_applying: list[tuple[int, asyncio.Future]] = []
+        self._read_seq = 0
         self._observed: tuple[Role, int, int | None] | None = None
         self._leader_term = -1
         self._leader_start_index = 0
@@ -179,6 +198,7 @@ class RaftDriver:
         if self._executor is not None:
             self._executor.shutdown(wait=True)  # an fsync in progress completes before close
         self._fail_all(DriverStopped("the broker is stopping"))
+        self._fail_reads(DriverStopped("the broker is stopping"), confirmed_too=True)
 
     # ---- views ----------------------------------------------------------------------------------
 
@@ -237,6 +257,32 @@ class RaftDriver:
         self._batch.append((packed, len(records), future))
         self._kick()
         return future
+
+    async def read_barrier(self, timeout_s: float) -> int:
+        """Wait until a read of the local state machine is linearizable: this node was the Raft
+        leader when called (confirmed by a majority) and has applied everything committed by then.
+        Returns that read index. Raises NotLeader (with the leader hint) off the leader or if
+        leadership is lost meanwhile, ReadTimeout if leadership is not confirmed in time,
+        DriverStopped if the driver stops."""
+        if self._state != "running":
+            raise DriverStopped("the metadata quorum is not running on this broker")
+        self._observe()
+        raft = self.raft
+        if raft.role is not Role.LEADER:
+            raise NotLeader(raft.leader_id)
+        if self.voters == {self.node_id} and self.leader_ready and self._applied >= raft.log.commit:
+            return self._applied  # a quorum of one: nobody else can have committed anything
+        future = self._read_batch
+        if future is None:
+            future = self._read_batch = self._loop.create_future()  # type: ignore[union-attr]
+            future.add_done_callback(_retrieve)  # every caller may have timed out already
+            self._kick()
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await asyncio.shield(future)
+        except TimeoutError:
+            raise ReadTimeout(f"node {self.node_id} could not confirm its Raft leadership with a majority of voters "
+                              f"within {timeout_s * 1000:.0f} ms (deposed or cut off from the quorum?)") from None
 
     def commit_now(self, records: list[Any]) -> int:
         """Propose and commit synchronously: only where this node alone is the quorum and I/O
@@ -297,6 +343,7 @@ class RaftDriver:
         if self._state != "running":
             return
         self._flush_batch()
+        self._flush_reads()
         if self.inline_io:
             self._drain_inline()
             self._maybe_rebuild()
@@ -325,6 +372,37 @@ class RaftDriver:
                 continue
             for _, _, future in group:
                 self._waiters.setdefault(index, []).append((raft.term, future))
+
+    def _flush_reads(self) -> None:
+        """This loop iteration's read callers -> one ReadIndex request (one heartbeat round)."""
+        future, self._read_batch = self._read_batch, None
+        if future is None or future.done():
+            return
+        self._read_seq += 1
+        ctx = b"r%d" % self._read_seq
+        try:
+            self.raft.read_index(ctx)
+        except RaftError as exc:
+            future.set_exception(exc)
+            return
+        self._reads_confirming[ctx] = future
+
+    def _on_read_states(self, ready: Ready) -> None:
+        """Confirmed reads wait for their index to be applied (serve after apply), then resolve."""
+        for read in ready.read_states:
+            future = self._reads_confirming.pop(read.request_ctx, None)
+            if future is not None and not future.done():
+                self._reads_applying.append((read.index, future))
+        if self._reads_applying:
+            waiting = []
+            for index, future in self._reads_applying:
+                if future.done():
+                    continue
+                if index <= self._applied:
+                    future.set_result(index)
+                else:
+                    waiting.append((index, future))
+            self._reads_applying = waiting
 
     # ---- the Ready contract -----------------------------------------------------------------------
 
@@ -380,6 +458,7 @@ class RaftDriver:
                 self._apply_entry(entry)
             if ready.committed_entries or ready.snapshot is not None:
                 self._app.applied(self._applied)
+            self._on_read_states(ready)
         except Exception as exc:
             # A state machine that cannot apply a committed entry would diverge from its peers.
             self._fatal(exc)
@@ -429,6 +508,9 @@ class RaftDriver:
             self._leader_start_index = raft.log.last_index
         if before is not None and before[0] is Role.LEADER and (raft.role is not Role.LEADER or raft.term != before[1]):
             self._fail_all(NotLeader(raft.leader_id))
+            # The core dropped its pending reads silently: they can never be confirmed now.
+            # (Reads confirmed already only wait for their index to be applied: they stay.)
+            self._fail_reads(NotLeader(raft.leader_id), confirmed_too=False)
         if before is None or before[0] is not raft.role or before[2] != raft.leader_id:
             log = self._log.info if self.known_peers else self._log.debug  # a lone node: nothing to tell
             log("raft_role", node_id=self.node_id, role=raft.role.value, term=raft.term,
@@ -439,6 +521,19 @@ class RaftDriver:
         waiters, self._waiters = self._waiters, {}
         batch, self._batch = self._batch, []
         futures = [f for items in waiters.values() for _, f in items] + [f for _, _, f in batch]
+        for future in futures:
+            if not future.done():
+                future.set_exception(error)
+
+    def _fail_reads(self, error: BaseException, confirmed_too: bool) -> None:
+        futures = list(self._reads_confirming.values())
+        self._reads_confirming = {}
+        if self._read_batch is not None:
+            futures.append(self._read_batch)
+            self._read_batch = None
+        if confirmed_too:
+            futures += [future for _, future in self._reads_applying]
+            self._reads_applying = []
         for future in futures:
             if not future.done():
                 future.set_exception(error)
@@ -458,6 +553,7 @@ class RaftDriver:
         if self._tick_handle is not None:
             self._tick_handle.cancel()
         self._fail_all(DriverStopped(f"the metadata log failed: {exc}"))
+        self._fail_reads(DriverStopped(f"the metadata log failed: {exc}"), confirmed_too=True)
 
     # ---- observers: rebuilding the node ------------------------------------------------------------
 
@@ -484,6 +580,12 @@ class RaftDriver:
             else:
                 self._kick()
             self._ensure_ticking()
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    """Mark a shared read future's outcome as seen (its callers may all have timed out)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _has_state(ready: Ready) -> bool:
