@@ -22,14 +22,11 @@ accept records without them):
 
 from __future__ import annotations
 
-import os
-import struct
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import crc32c
 import msgpack
 
 NO_LEADER = -1
@@ -181,82 +178,3 @@ def assign_replicas(brokers: list[int], partitions: int, replication_factor: int
 
 def new_topic_id() -> str:
     return uuid.uuid4().hex
-
-
-# --- legacy: the single-node record log the Raft quorum replaced ------------------------------
-# Nothing in the broker uses these any more (broker/controller.py and broker/raft/ do their job);
-# they stay, unchanged, while tests/fuzz/ still exercises them, and go when those tests move to
-# broker/raft/persist.py's RaftStorage.
-
-_FRAME = struct.Struct(">II")  # length of the msgpack record, CRC-32C of it
-
-
-class LocalMetadataLog:
-    """The single-node metadata log: length + CRC framed msgpack records in one file.
-
-    Each append is fsynced before the change is acknowledged, so a topic the client was told
-    exists still exists after a power loss. A torn or corrupt tail (a crash mid-append) is cut
-    at start-up: the record it held was never acknowledged."""
-
-    FILE_NAME = "metadata.log"
-
-    def __init__(self, directory: Path):
-        directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / self.FILE_NAME
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-
-    def replay(self) -> list[list]:
-        data = os.pread(self._fd, os.fstat(self._fd).st_size, 0)
-        records: list[list] = []
-        position = 0
-        while position + _FRAME.size <= len(data):
-            length, crc = _FRAME.unpack_from(data, position)
-            body = data[position + _FRAME.size : position + _FRAME.size + length]
-            if len(body) != length or crc32c.crc32c(body) != crc:
-                break
-            records.append(msgpack.unpackb(body, raw=False))
-            position += _FRAME.size + length
-        if position != len(data):
-            os.ftruncate(self._fd, position)  # the torn tail was never acknowledged
-            os.fsync(self._fd)
-        return records
-
-    def append(self, records: list[list]) -> None:
-        chunks = []
-        for record in records:
-            body = msgpack.packb(record, use_bin_type=True)
-            chunks.append(_FRAME.pack(len(body), crc32c.crc32c(body)) + body)
-        os.write(self._fd, b"".join(chunks))
-        os.fsync(self._fd)  # durable before the caller acknowledges the change
-
-    def close(self) -> None:
-        os.close(self._fd)
-
-
-class LocalController:
-    """Single-node controller: validates a change, logs its records durably, applies them.
-
-    The Raft controller offers the same methods; only where records are logged differs."""
-
-    def __init__(self, directory: Path, node_id: int):
-        self.node_id = node_id
-        self.log = LocalMetadataLog(directory)
-        self.image = MetadataImage()
-        for record in self.log.replay():
-            self.image.apply(record)
-        cluster_file = directory / "cluster_id"
-        if not cluster_file.exists():
-            cluster_file.write_text(new_topic_id())
-        self.image.cluster_id = cluster_file.read_text().strip()
-        self.image.controller_id = node_id
-
-    def commit(self, records: list[list]) -> None:
-        self.log.append(records)
-        for record in records:
-            self.image.apply(record)
-
-    def register_broker(self, host: str, port: int) -> None:
-        self.commit([["broker", self.node_id, host, port, new_topic_id()]])
-
-    def close(self) -> None:
-        self.log.close()

@@ -5,7 +5,9 @@ Directory `<data_dir>/__cluster_metadata/`:
     raft.wal     append-only records, each `[u32 body length][u32 CRC-32C of body][body]`, body
                  msgpack: `[0, term, index, kind, data]` (a log entry) or
                  `[1, term, voted_for or 0, commit]` (the hard state; the last one wins)
-    snapshot     `[8-byte magic][u64 index][u64 term][u32 CRC-32C of data][data]`, replaced whole
+    snapshot     `[8-byte magic][u64 index][u64 term][u32 CRC-32C][data]`, replaced whole; the
+                 CRC covers index, term and data (magic TLRAFTS2; a TLRAFTS1 snapshot, whose CRC
+                 covers only the data, is still read)
 
 One `persist(ready)` is one `write` and one `fsync`: the entries of a Ready and its hard state go
 in the same append, entries first, so a stored commit never points past the stored log. (The
@@ -46,8 +48,10 @@ from broker.raft.state import HardState, PersistentState, Ready, Snapshot, Snaps
 WAL_NAME = "raft.wal"
 SNAPSHOT_NAME = "snapshot"
 _FRAME = struct.Struct(">II")  # body length, CRC-32C of the body
-_SNAPSHOT_MAGIC = b"TLRAFTS1"
-_SNAPSHOT_HEADER = struct.Struct(">8sQQI")  # magic, index, term, CRC-32C of the data
+_SNAPSHOT_MAGIC = b"TLRAFTS2"  # CRC-32C of index, term and data: a flipped index or term is refused
+_SNAPSHOT_MAGIC_V1 = b"TLRAFTS1"  # CRC-32C of the data alone (read, never written)
+_SNAPSHOT_HEADER = struct.Struct(">8sQQI")  # magic, index, term, CRC-32C
+_SNAPSHOT_META = struct.Struct(">QQ")  # index, term: what the CRC covers before the data
 _ENTRY, _HARD_STATE = 0, 1
 # A record longer than this is not something we wrote (an entry is bounded by the frame size of
 # the request that proposed it): the length field is garbage, so the tail is cut there.
@@ -108,7 +112,11 @@ class RaftStorage:
             raise RaftStorageError(f"{path}: snapshot shorter than its header")
         magic, index, term, crc = _SNAPSHOT_HEADER.unpack_from(data)
         body = data[_SNAPSHOT_HEADER.size:]
-        if magic != _SNAPSHOT_MAGIC or crc32c.crc32c(body) != crc:
+        if magic == _SNAPSHOT_MAGIC:
+            valid = _snapshot_crc(index, term, body) == crc
+        else:
+            valid = magic == _SNAPSHOT_MAGIC_V1 and crc32c.crc32c(body) == crc
+        if not valid:
             raise RaftStorageError(f"{path}: snapshot fails its magic/CRC check (damaged disk?)")
         return Snapshot(SnapshotMeta(index, term), body)
 
@@ -186,8 +194,9 @@ class RaftStorage:
         return self.snapshot_meta.index + len(self._entries)
 
     def _write_snapshot(self, snapshot: Snapshot) -> None:
-        header = _SNAPSHOT_HEADER.pack(_SNAPSHOT_MAGIC, snapshot.meta.index, snapshot.meta.term,
-                                       crc32c.crc32c(snapshot.data))
+        meta = snapshot.meta
+        header = _SNAPSHOT_HEADER.pack(_SNAPSHOT_MAGIC, meta.index, meta.term,
+                                       _snapshot_crc(meta.index, meta.term, snapshot.data))
         self._replace_file(SNAPSHOT_NAME, header + snapshot.data)
         self._snapshot = snapshot
 
@@ -233,6 +242,10 @@ class RaftStorage:
 
 def _frame(body: bytes) -> bytes:
     return _FRAME.pack(len(body), crc32c.crc32c(body)) + body
+
+
+def _snapshot_crc(index: int, term: int, data: bytes) -> int:
+    return crc32c.crc32c(data, crc32c.crc32c(_SNAPSHOT_META.pack(index, term)))
 
 
 def _entry_body(entry: Entry) -> bytes:

@@ -13,8 +13,8 @@ Targets (one module each):
                              .index, .timeindex and partition.checkpoint: only StorageError may
                              escape, the reopened log is a prefix of what was written, appends
                              continue at log_end_offset
-    test_fuzz_metadata.py    LocalMetadataLog.replay of a damaged metadata.log: never raises,
-                             returns a prefix of the records
+    test_fuzz_metadata.py    RaftStorage.load of a damaged Raft WAL and snapshot: never raises
+                             on WAL damage, loads the state after a prefix of the records
     test_fuzz_regressions.py every crash the fuzzers found, as the smallest input; strict xfail
                              while the owner has not fixed it (a fix turns it into a failure: then
                              drop the marker)
