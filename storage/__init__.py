@@ -8,6 +8,7 @@ Layout of a partition directory ("<topic>-<partition>" under the data directory)
     00000000000000000000.index      sparse offset index (relative_offset u32, position u32)
     00000000000000000000.timeindex  time index (timestamp i64, relative_offset u32)
     partition.checkpoint            recovery point, log start offset (see checkpoint.py)
+    leader-epoch-checkpoint         leader epoch -> first offset of that epoch (see epoch_cache.py)
     clean-shutdown                  present only while the log is closed cleanly
 
 Concurrency contract

@@ -18,6 +18,7 @@ from typing import Callable, NamedTuple, Sequence
 
 from client.protocol.records import HEADER, HEADER_BYTES
 
+from .batchio import H_BASE_OFFSET, H_EPOCH, walk_headers
 from .checkpoint import (
     PartitionCheckpoint,
     take_clean_shutdown_marker,
@@ -26,6 +27,7 @@ from .checkpoint import (
 )
 from .clock import Clock, SystemClock
 from .config import SEGMENT_BYTES_CEILING, LogConfig
+from .epoch_cache import LeaderEpochCache, reconcile
 from .errors import (
     CorruptLogError,
     InvalidAppendError,
@@ -66,7 +68,8 @@ class AppendInfo(NamedTuple):
 @dataclass(frozen=True)
 class LogEvent:
     """A notable change for the broker to log or count: kind is one of
-    "opened", "segment_rolled", "segments_deleted", "truncated", "restarted", "index_rebuilt"."""
+    "opened", "segment_rolled", "segments_deleted", "truncated", "restarted", "index_rebuilt",
+    "epoch_cache_rebuilt"."""
 
     kind: str
     directory: Path
@@ -81,9 +84,11 @@ _new_append_info = partial(tuple.__new__, AppendInfo)
 
 class PartitionLog:
     def __init__(self, directory: Path, config: LogConfig, clock: Clock, segments: list[Segment],
-                 checkpoint: PartitionCheckpoint, stats: RecoveryStats, on_event: EventCallback | None):
+                 checkpoint: PartitionCheckpoint, stats: RecoveryStats, on_event: EventCallback | None,
+                 epoch_cache: LeaderEpochCache | None = None):
         """Use PartitionLog.open(); this only wires up loaded state."""
         self.directory = directory
+        self._epochs = epoch_cache or LeaderEpochCache(None)
         self._config = config
         self._flush_policy = config.flush_messages is not None or config.flush_ms is not None
         self._batch_bytes_max = config.batch_bytes_max
@@ -115,7 +120,17 @@ class PartitionLog:
             fsync_dir(directory.parent)  # the new directory's name survives a crash
         clean = take_clean_shutdown_marker(directory) or created
         loaded = load_log(directory, config, clock, clean)
-        log = cls(directory, config, clock, loaded.segments, loaded.checkpoint, loaded.stats, on_event)
+        epoch_cache, epochs_loaded = LeaderEpochCache.load(directory)
+        log = cls(directory, config, clock, loaded.segments, loaded.checkpoint, loaded.stats, on_event, epoch_cache)
+        try:
+            rebuilt = reconcile(epoch_cache, epochs_loaded and not created, log.log_start_offset, log.log_end_offset,
+                                log._last_epoch, log._batch_at, log._scan_batch_epochs)
+        except BaseException:
+            log._release()
+            raise
+        if rebuilt is not None and not created:
+            log._emit("epoch_cache_rebuilt", f"rebuilt the leader-epoch cache of {directory} from the log: {rebuilt}",
+                      reason=rebuilt, entries=len(epoch_cache.entries))
         stats = loaded.stats
         state = "created" if created else "clean" if clean else "recovered"
         log._emit("opened", f"opened {directory} ({state}): "
@@ -162,6 +177,17 @@ class PartitionLog:
     def last_leader_epoch(self) -> int | None:
         """Leader epoch of the last batch in the log, None when the log is empty."""
         return self._last_epoch
+
+    @property
+    def leader_epoch_cache(self) -> LeaderEpochCache:
+        """Read access (epoch -> start offset of each epoch in the log); only the log changes it."""
+        return self._epochs
+
+    def end_offset_for_epoch(self, epoch: int) -> tuple[int, int]:
+        """OffsetsForLeaderEpoch (KIP-101): (largest epoch <= `epoch` in the log, the offset where
+        it ended: the next epoch's start, or log_end_offset). (-1, -1) if `epoch` is below them all."""
+        self._check_open()
+        return self._epochs.end_offset_for(epoch, self._active.next_offset)
 
     def update_config(self, config: LogConfig) -> None:
         """Apply changed settings (retention, roll, flush); existing index capacities stay."""
@@ -210,7 +236,9 @@ class PartitionLog:
                     prefix = None
                 position = segment.append_one(batches, prefix, base, last_offset + 1, max_timestamp, leader_epoch, now_ms)
                 self._size_bytes += size
-                self._last_epoch = leader_epoch
+                if leader_epoch != self._last_epoch:  # a new epoch starts: rare, writes the epoch file
+                    self._last_epoch = leader_epoch
+                    self._epochs.assign(leader_epoch, base)
                 self._unflushed_records += record_count
                 if self._first_unflushed_ms is None:
                     self._first_unflushed_ms = self._clock.monotonic_ms()
@@ -220,14 +248,15 @@ class PartitionLog:
                                          record_count, size))
         buf = batches if kind is bytearray else _writable(batches)
         metas, records, max_timestamp = self._stamp(buf, self._active.next_offset, leader_epoch)
-        return self._write(buf, metas, records, max_timestamp, leader_epoch)
+        epoch_starts = [(leader_epoch, metas[0][2])] if metas and leader_epoch != self._last_epoch else []
+        return self._write(buf, metas, records, max_timestamp, leader_epoch, epoch_starts)
 
     def append_replicated(self, batches: bytes | bytearray | memoryview) -> AppendInfo:
         """Follower path: keep the leader's offsets and epochs; the first batch must start at
         log_end_offset and each next batch where the previous ended. The bytes are not copied."""
         self._check_open()
-        metas, records, max_timestamp, last_epoch = self._check_replicated(batches)
-        return self._write(batches, metas, records, max_timestamp, last_epoch)
+        metas, records, max_timestamp, last_epoch, epoch_starts = self._check_replicated(batches)
+        return self._write(batches, metas, records, max_timestamp, last_epoch, epoch_starts)
 
     def _stamp(self, buf: bytearray, next_offset: int, leader_epoch: int) -> tuple[list[BatchMeta], int, int]:
         metas: list[BatchMeta] = []
@@ -247,8 +276,10 @@ class PartitionLog:
             position += total
         return metas, records, max_timestamp
 
-    def _check_replicated(self, buf) -> tuple[list[BatchMeta], int, int, int]:
+    def _check_replicated(self, buf) -> tuple[list[BatchMeta], int, int, int, list[tuple[int, int]]]:
+        """Also returns (epoch, base offset) for each batch that starts a new epoch."""
         metas: list[BatchMeta] = []
+        epoch_starts: list[tuple[int, int]] = []
         records = 0
         max_timestamp = -1
         expected, epoch = self._active.next_offset, self._last_epoch
@@ -268,11 +299,13 @@ class PartitionLog:
             total = header[1] + 12
             batch_next = expected + header[6] + 1
             metas.append((position, total, expected, batch_next, header[8]))
+            if header[2] != epoch:
+                epoch_starts.append((header[2], expected))
             records += header[12]
             max_timestamp = max(max_timestamp, header[8])
             expected, epoch = batch_next, header[2]
             position += total
-        return metas, records, max_timestamp, epoch
+        return metas, records, max_timestamp, epoch, epoch_starts
 
     def _frame(self, buf, position: int, end: int) -> tuple:
         """The header at `position`, after the checks storage cannot do without (framing, size)."""
@@ -291,7 +324,8 @@ class PartitionLog:
             raise InvalidAppendError(f"{self.directory}: batch at byte {position} has negative last_offset_delta")
         return header
 
-    def _write(self, buf, metas: Sequence[BatchMeta], records: int, max_timestamp: int, last_epoch: int) -> AppendInfo:
+    def _write(self, buf, metas: Sequence[BatchMeta], records: int, max_timestamp: int, last_epoch: int,
+               epoch_starts: Sequence[tuple[int, int]]) -> AppendInfo:
         if not metas:
             raise InvalidAppendError(f"{self.directory}: empty append")
         size = len(buf)
@@ -307,6 +341,8 @@ class PartitionLog:
         position = segment.append(buf, metas, last_epoch, now_ms)
         self._size_bytes += size
         self._last_epoch = last_epoch
+        for epoch, start_offset in epoch_starts:  # after the write: the cache only names batches in the log
+            self._epochs.assign(epoch, start_offset)
         # The flush policy: flush_messages counts records, flush_ms ages the oldest unflushed append.
         self._unflushed_records += records
         if self._first_unflushed_ms is None:
@@ -433,6 +469,7 @@ class PartitionLog:
         target.truncate_to(offset)
         self._size_bytes = sum(s.size_bytes for s in self._segments)
         self._last_epoch = self._find_last_epoch()
+        self._epochs.truncate_from_end(target.next_offset)
         self._emit("truncated", f"truncated {self.directory} to {target.next_offset}",
                    requested_offset=offset, log_end_offset=target.next_offset, segments_deleted=len(doomed))
 
@@ -452,6 +489,7 @@ class PartitionLog:
         self._segments, self._bases, self._active = [new], [offset], new
         self._size_bytes = 0
         self._last_epoch = None
+        self._epochs.clear_and_flush()
         self._unflushed_records, self._first_unflushed_ms = 0, None
         self._save_checkpoint(recovery_point=offset, log_start_offset=offset, restart_at=None)
         self._emit("restarted", f"emptied {self.directory}, restarting at offset {offset}", offset=offset)
@@ -472,6 +510,7 @@ class PartitionLog:
         del self._segments[:count]
         del self._bases[:count]
         self._size_bytes -= sum(s.size_bytes for s in doomed)
+        self._epochs.truncate_from_start(self.log_start_offset)
         deleted = [s.base_offset for s in doomed]
         self._emit("segments_deleted", f"retention deleted {count} segments of {self.directory} below "
                    f"offset {self.log_start_offset}", base_offsets=deleted, log_start_offset=self.log_start_offset)
@@ -564,6 +603,18 @@ class PartitionLog:
             if segment.size_bytes:
                 return segment.last_epoch
         return None
+
+    def _batch_at(self, offset: int) -> tuple[int, int]:
+        """(base_offset, leader_epoch) of the batch holding `offset` (one indexed header read)."""
+        segment = self._segments[bisect_right(self._bases, offset) - 1]
+        header = segment.find_batch(offset)[1]
+        return header[H_BASE_OFFSET], header[H_EPOCH]
+
+    def _scan_batch_epochs(self):
+        """(base_offset, leader_epoch) of every batch, oldest first: header reads only."""
+        for segment in self._segments:
+            for _, header in walk_headers(segment.handle.fd, segment.log_path, 0, segment.size_bytes):
+                yield header[H_BASE_OFFSET], header[H_EPOCH]
 
     def _save_checkpoint(self, **changes) -> None:
         checkpoint = self._checkpoint.with_changes(**changes)
