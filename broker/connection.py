@@ -61,8 +61,16 @@ class _Slot:
         self.task: asyncio.Task | None = None
 
 
-class BrokerConnection(asyncio.Protocol):
-    """asyncio protocol for one accepted client socket; see the module docstring."""
+# Where bytes go that arrive after the connection stopped accepting requests (dropped).
+_DISCARD_BYTES = 64 * 1024
+
+
+class BrokerConnection(asyncio.BufferedProtocol):
+    """asyncio protocol for one accepted client socket; see the module docstring.
+
+    A BufferedProtocol: the transport reads straight into the frame decoder's buffer
+    (get_buffer / buffer_updated), so a large produce frame is received into a buffer of its
+    own that the request then owns, without the copies a data_received protocol makes."""
 
     def __init__(self, broker: Broker):
         self._broker = broker
@@ -85,6 +93,7 @@ class BrokerConnection(asyncio.Protocol):
         self._last_activity = self._loop.time()
         self._idle_timer: asyncio.TimerHandle | None = None
         self._drained: asyncio.Future | None = None
+        self._discard: bytearray | None = None
         self.peer = "unknown"
 
     # --- asyncio.Protocol ------------------------------------------------------------------
@@ -106,7 +115,24 @@ class BrokerConnection(asyncio.Protocol):
                 pass
         self._idle_timer = self._loop.call_later(self._idle_s, self._on_idle_timer)
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._accepting:
+            try:
+                return self._decoder.get_buffer(sizehint)
+            except FrameError:
+                pass  # the decoder already failed; the connection is closing
+        if self._discard is None:
+            self._discard = bytearray(_DISCARD_BYTES)
+        return memoryview(self._discard)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if not self._accepting:  # get_buffer() gave the discard buffer
+            return
+        self._decoder.buffer_updated(nbytes)
+        self._process()
+
     def data_received(self, data: bytes) -> None:
+        """The same, for bytes handed over whole (tests, transports without buffered reads)."""
         if not self._accepting:
             return
         try:

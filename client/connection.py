@@ -83,8 +83,12 @@ class _Pending:
         self.timeout_ms = timeout_ms
 
 
-class Connection(asyncio.Protocol):
-    """A pipelined connection to one broker. Create with `await Connection.open(...)`."""
+class Connection(asyncio.BufferedProtocol):
+    """A pipelined connection to one broker. Create with `await Connection.open(...)`.
+
+    A BufferedProtocol: the transport reads straight into the frame decoder, so a large
+    fetch response lands in a buffer of its own that the response's records then view,
+    without a copy in between."""
 
     def __init__(
         self,
@@ -198,10 +202,30 @@ class Connection(asyncio.Protocol):
             except OSError:  # pragma: no cover - platform specific
                 pass
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        try:
+            return self._decoder.get_buffer(sizehint)
+        except FrameError:  # the decoder failed; the connection is closing: drop what comes
+            return memoryview(bytearray(64 * 1024))
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._closed:
+            return
+        self._decoder.buffer_updated(nbytes)
+        self._take_frames()
+
     def data_received(self, data: bytes) -> None:
+        """The same, for bytes handed over whole (tests, transports without buffered reads)."""
+        try:
+            self._decoder.feed(data)
+        except FrameError as exc:
+            self._fail(f"closed: bad frame from the broker: {exc}")
+            return
+        self._take_frames()
+
+    def _take_frames(self) -> None:
         decoder = self._decoder
         try:
-            decoder.feed(data)
             while True:
                 frame = decoder.next_frame()
                 if frame is NEED_DATA:

@@ -6,7 +6,7 @@ All are plain immutable values: safe to hash, compare, log and pass between thre
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 
 class TopicPartition(NamedTuple):
@@ -38,7 +38,7 @@ class Record(NamedTuple):
     timestamp: int  # ms since the epoch
     key: object
     value: object
-    headers: list  # [(name: str, value: bytes | None)]
+    headers: Sequence  # (name: str, value: bytes | None) pairs; the shared empty tuple when there are none
 
     @property
     def topic_partition(self) -> TopicPartition:

@@ -9,19 +9,26 @@ control batches are skipped.
 
 from __future__ import annotations
 
+import gc
 from collections import deque
 from typing import Callable
 
 from client.protocol.records import (
     BatchHeader,
+    RecordsDecodeError,
     complete_prefix_bytes,
-    decode_records,
+    decode_rows,
     iter_headers,
+    record_headers,
     validate_batch,
 )
 from client.types import Record, TopicPartition
 
 _new_record = tuple.__new__
+# Headers of a record that has none: one shared empty tuple rather than a new list per record,
+# one allocation and one garbage-collected container less per record (measured with a live heap
+# of 300k objects: ~1.24 -> ~0.78 us per record built). Records with headers get a list.
+NO_HEADERS: tuple = ()
 
 
 class PartitionState:
@@ -100,52 +107,88 @@ class PartitionState:
         return kept
 
     def take(self, max_records: int, make: Callable) -> list[Record]:
-        """Up to max_records records from the position on; moves the position past them."""
+        """Up to max_records records from the position on; moves the position past them.
+
+        `make` is a record_maker(): it turns one batch's rows into Records in one pass. Whole
+        decoded batches go straight into the answer; only a batch cut by max_records leaves its
+        tail in `ready` for the next call."""
         out: list[Record] = []
         ready = self.ready
-        while len(out) < max_records:
-            if not ready:
-                if not self.chunks:
-                    break
-                self._decode_next(make)
-                continue
-            count = min(max_records - len(out), len(ready))
-            if count == len(ready):
+        if ready:
+            if len(ready) <= max_records:
                 out.extend(ready)
                 ready.clear()
             else:
-                for _ in range(count):
+                for _ in range(max_records):
                     out.append(ready.popleft())
+        chunks = self.chunks
+        if len(out) < max_records and chunks:
+            # Every record built here is alive (reachable from `out`) when it is built, so a
+            # garbage collection triggered meanwhile can free nothing; it would only walk the new
+            # records and promote them to older generations, whose full collections then cost
+            # about as much as building them (measured: ~40% of a 100-byte consume). Collection
+            # is held off while building and runs at the next allocation after, as usual.
+            gc_was_enabled = gc.isenabled()
+            gc.disable()
+            try:
+                while len(out) < max_records and chunks:
+                    records = self._decode_next(make)
+                    room = max_records - len(out)
+                    if len(records) <= room:
+                        out += records
+                    else:
+                        out += records[:room]
+                        ready.extend(records[room:])
+            finally:
+                if gc_was_enabled:
+                    gc.enable()
         if out:
             self.position = max(self.position, out[-1].offset + 1)
         return out
 
-    def _decode_next(self, make: Callable) -> None:
+    def _decode_next(self, make: Callable) -> list[Record]:
         view, position, header = self.chunks.popleft()
         self.buffered_bytes -= header.total_bytes
         if header.is_control or header.next_offset <= self.position:
             self.position = max(self.position, header.next_offset)
-            return
+            return []
         validate_batch(view, position)
-        start = self.position
-        records = [make(r) for r in decode_records(view, position, header) if r.offset >= start]
-        self.ready.extend(records)
+        records = make(decode_rows(view, position, header), header.base_offset, header.base_timestamp, self.position)
         if not records:
             self.position = max(self.position, header.next_offset)
+        return records
 
 
 def record_maker(tp: TopicPartition, key_deserializer, value_deserializer) -> Callable:
-    """A function DecodedRecord -> Record for one partition (deserializers applied)."""
+    """A function (rows, base_offset, base_timestamp, from_offset) -> list[Record] for one
+    partition: one batch's decoded rows become Records in one list comprehension (deserializers
+    applied), leaving out records before from_offset (a fetch starts at the batch holding it)."""
     topic, partition = tp.topic, tp.partition
-    if key_deserializer is None and value_deserializer is None:
-        def make(r):
-            return _new_record(Record, (topic, partition, r.offset, r.timestamp_ms, r.key, r.value, r.headers))
-    else:
-        kd = key_deserializer or (lambda b: b)
-        vd = value_deserializer or (lambda b: b)
+    kd = key_deserializer
+    vd = value_deserializer
 
-        def make(r):
-            key = kd(r.key) if r.key is not None else None
-            value = vd(r.value) if r.value is not None else None
-            return _new_record(Record, (topic, partition, r.offset, r.timestamp_ms, key, value, r.headers))
+    def make(rows, base_offset: int, base_timestamp: int, from_offset: int) -> list[Record]:
+        try:
+            if from_offset > base_offset:
+                rows = [row for row in rows if base_offset + row[0] >= from_offset]
+            if kd is None and vd is None:
+                return [
+                    _new_record(Record, (topic, partition, base_offset + delta, base_timestamp + ts_delta, key, value,
+                                         record_headers(headers) if headers else NO_HEADERS))
+                    for delta, ts_delta, key, value, headers in rows
+                ]
+            records = [
+                _new_record(Record, (topic, partition, base_offset + delta, base_timestamp + ts_delta, key, value,
+                                     record_headers(headers) if headers else NO_HEADERS))
+                for delta, ts_delta, key, value, headers in rows
+            ]
+        except (TypeError, ValueError, IndexError, KeyError) as exc:  # a row may be any msgpack value
+            raise RecordsDecodeError(f"malformed record in batch at offset {base_offset}: {exc}", 0) from exc
+        return [
+            _new_record(Record, (r[0], r[1], r[2], r[3],
+                                 kd(r[4]) if kd is not None and r[4] is not None else r[4],
+                                 vd(r[5]) if vd is not None and r[5] is not None else r[5], r[6]))
+            for r in records
+        ]
+
     return make

@@ -1,7 +1,7 @@
 """The producer: accumulator (batches, memory cap, linger), sender (one task), partitioner."""
 
-from client.producer.accumulator import RecordFuture
+from client.producer.accumulator import BulkFuture, RecordFuture
 from client.producer.partitioner import DefaultPartitioner, murmur2
 from client.producer.producer import Producer
 
-__all__ = ["Producer", "RecordFuture", "DefaultPartitioner", "murmur2"]
+__all__ = ["Producer", "RecordFuture", "BulkFuture", "DefaultPartitioner", "murmur2"]

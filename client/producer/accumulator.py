@@ -1,9 +1,13 @@
 """The producer's accumulator: per-partition queues of record batches, with a byte cap.
 
 `send()` appends a record to the open batch of its partition (records.BatchBuilder keeps rows
-ready for one msgpack call); the sender drains batches that are ready. A batch is ready when it
-is full (batch_size), when it has waited linger_ms, or when the producer flushes, stops, or has
-callers waiting for buffer memory.
+ready for one msgpack call; `send_batch()` appends a whole run of records with try_extend); the
+sender drains batches that are ready. A batch is ready when it is full (batch_size), when it has
+waited linger_ms, or when the producer flushes, stops, or has callers waiting for buffer memory.
+A batch that closes because it is full is encoded at once, by the task that filled it: with one
+request in flight per partition, the encoding of the next batch then overlaps the round trip of
+the current one instead of following it, and the client and the broker work at the same time
+rather than in turn.
 
 Memory is bounded: every record reserves its estimated size in `buffer_memory`; when the next
 record does not fit, `send()` waits (FIFO) until completed batches release theirs.
@@ -12,6 +16,7 @@ Futures: a record gets a RecordFuture, a small object pointing at its batch and 
 Completing a batch sets two fields; RecordMetadata is only computed when someone reads the
 result, and an asyncio.Future is only created for a record someone actually waits on while it is
 still pending (or adds a callback to). A fire-and-forget record therefore costs one small object.
+A send_batch() call gets one BulkFuture, which observes each of its batches (not its records).
 
 Time comes from an injected `clock()` in milliseconds (monotonic), so tests drive linger and
 delivery timeouts by hand. Nothing here does I/O or starts tasks.
@@ -20,6 +25,7 @@ delivery timeouts by hand. Nothing here does I/O or starts tasks.
 from __future__ import annotations
 
 import asyncio
+from bisect import bisect_right
 from collections import deque
 from typing import Any, Callable
 
@@ -62,7 +68,8 @@ class ProducerBatch:
         self.deadline_ms = deadline_ms  # delivery timeout: fail the batch after this
         self.reserved_bytes = 0  # buffer memory this batch holds until it completes
         self.record_count = 0
-        self.payload: bytes | None = None  # the encoded batch, built once when first drained
+        # The encoded batch, built once: when the batch closes (full) or is first drained.
+        self.payload: bytes | None = None
         self.attempts = 0
         self.retry_at_ms = 0.0  # backoff: not sent again before this
         self.last_error: BaseException | None = None  # the cause of the last retry, for messages
@@ -81,7 +88,7 @@ class ProducerBatch:
         """Encode the batch (one msgpack call) the first time; later attempts resend the bytes."""
         if self.payload is None:
             self.payload = self.builder.build()
-            self.builder = None  # the rows are in the payload now; free them
+            self.builder.release()  # the rows are in the payload now; free them
         return self.payload
 
     def complete(self, base_offset: int, error: BaseException | None) -> None:
@@ -227,6 +234,135 @@ class RecordFuture:
         return f"<RecordFuture {self._batch.tp.topic}-{self._batch.tp.partition} #{self._index} {state}>"
 
 
+class BulkFuture:
+    """The future `send_batch()` returns: resolves when every record of the call is acknowledged.
+
+    Like RecordFuture it is cheap until someone waits: it holds (batch, first offset delta,
+    count, input positions) per piece of the call, and registers one observer per batch (not
+    per record) only when awaited while pending. `result()` is the list of RecordMetadata in the
+    order of the values given, built on first use; it raises the first failed batch's error.
+    Cancelling stops the wait only: the records stay queued and may still be delivered.
+    """
+
+    __slots__ = ("_segments", "_loop", "_timestamp", "_future", "_waiting", "_results", "record_count")
+
+    _asyncio_future_blocking = False
+
+    def __init__(self, loop, segments: list, record_count: int, timestamp: int):
+        self._segments = segments  # [(batch, first_delta, count, positions: range | list[int])]
+        self._loop = loop
+        self._timestamp = timestamp  # every record of one send_batch call has the same timestamp
+        self._future: asyncio.Future | None = None
+        self._waiting = 0
+        self._results: list[RecordMetadata] | None = None
+        self.record_count = record_count
+
+    def _batches(self) -> list[ProducerBatch]:
+        seen: dict[ProducerBatch, None] = {}
+        for segment in self._segments:
+            seen[segment[0]] = None
+        return list(seen)
+
+    def _error(self) -> BaseException | None:
+        for batch, *_ in self._segments:
+            if batch.error is not None:
+                return batch.error
+        return None
+
+    def _outcome(self) -> list[RecordMetadata]:
+        error = self._error()
+        if error is not None:
+            raise error
+        if self._results is None:
+            results: list = [None] * self.record_count
+            for batch, first, count, positions in self._segments:
+                topic, partition = batch.tp
+                base = batch.base_offset
+                timestamp = self._timestamp
+                for index, position in zip(range(first, first + count), positions):
+                    offset = base + index if base >= 0 else -1
+                    results[position] = RecordMetadata(topic, partition, offset, timestamp)
+            self._results = results
+        return self._results
+
+    def _materialize(self) -> asyncio.Future:
+        future = self._future
+        if future is None:
+            future = self._future = self._loop.create_future()
+            for batch in self._batches():
+                if not batch.is_done:
+                    self._waiting += 1
+                    batch._observe(self)
+            if not self._waiting:
+                self._resolve_now()
+        return future
+
+    def _resolve(self) -> None:
+        """Called by each observed batch when it completes."""
+        self._waiting -= 1
+        if self._waiting <= 0:
+            self._resolve_now()
+
+    def _resolve_now(self) -> None:
+        future = self._future
+        if future is None or future.done():
+            return
+        error = self._error()
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(None)
+
+    def __await__(self):
+        if self._future is None and self.done():
+            return self._outcome()
+        yield from self._materialize()
+        return self._outcome()
+
+    __iter__ = __await__
+
+    def done(self) -> bool:
+        if self._future is not None:
+            return self._future.done()
+        return all(segment[0].is_done for segment in self._segments)
+
+    def cancelled(self) -> bool:
+        return self._future is not None and self._future.cancelled()
+
+    def result(self) -> list[RecordMetadata]:
+        if self._future is not None and self._future.cancelled():
+            return self._future.result()  # raises CancelledError
+        if not self.done():
+            raise asyncio.InvalidStateError("Result is not set.")
+        return self._outcome()
+
+    def exception(self) -> BaseException | None:
+        if self._future is not None and self._future.cancelled():
+            return self._future.exception()
+        if not self.done():
+            raise asyncio.InvalidStateError("Exception is not set.")
+        return self._error()
+
+    def add_done_callback(self, fn, *, context=None) -> None:
+        self._materialize().add_done_callback(_Callback(fn, self), context=context)
+
+    def remove_done_callback(self, fn) -> int:
+        return 0 if self._future is None else self._future.remove_done_callback(fn)
+
+    def cancel(self, msg=None) -> bool:
+        return self._materialize().cancel(msg)
+
+    def get_loop(self):
+        return self._loop
+
+    def __len__(self) -> int:
+        return self.record_count
+
+    def __repr__(self) -> str:
+        state = "pending" if not self.done() else ("failed" if self._error() else "done")
+        return f"<BulkFuture {self.record_count} records {state}>"
+
+
 class Accumulator:
     """Per-partition batch queues, the buffer-memory cap, and the 'which batches are ready' rule."""
 
@@ -277,11 +413,54 @@ class Accumulator:
             if sticky:
                 return NEW_BATCH
             batch = self._new_batch(tp)
-        index = batch.builder.append(key, value, timestamp, headers)
+        index = batch.builder.append(key, value, timestamp, headers, size)
         batch.record_count = index + 1
         batch.reserved_bytes += size
         self.buffered_bytes += size
         return RecordFuture(batch, index, timestamp)
+
+    def try_extend(
+        self, tp: TopicPartition, values, keys, timestamp: int, ends: list[int], lo: int, hi: int, sticky: bool = False
+    ) -> tuple[ProducerBatch, int, int] | object | None:
+        """The bulk twin of try_append: append records lo..hi-1 of `values` (and `keys`, None or
+        a sequence alike) to tp's open batch, as many as the batch and buffer memory take.
+
+        `ends[k]` is the summed estimated size of records 0..k (record_size), so the cut is one
+        bisect. Returns (batch, first offset delta, end): records lo..end-1 went to `batch`.
+        None: buffer memory cannot take record lo now (call append() for it, which waits).
+        NEW_BATCH: with `sticky`, the open batch is full (pick a partition first). At least one
+        record is taken whenever memory allows, so an oversized record gets a batch alone."""
+        before = ends[lo - 1] if lo else 0
+        size_lo = ends[lo] - before
+        if self.buffered_bytes + size_lo > self.buffer_memory or self._room_waiters:
+            return None
+        batch = self._open.get(tp)
+        if batch is None or batch.builder.estimated_bytes + size_lo > self.batch_size or (
+            batch.record_count >= self._records_per_batch_max
+        ):
+            if sticky:
+                return NEW_BATCH
+            batch = self._new_batch(tp)
+        room = min(self.batch_size - batch.builder.estimated_bytes, self.buffer_memory - self.buffered_bytes)
+        limit = min(hi, lo + self._records_per_batch_max - batch.record_count)
+        end = max(lo + 1, bisect_right(ends, before + room, lo, limit))
+        size = ends[end - 1] - before
+        if lo == 0 and end == len(values):
+            chunk_values, chunk_keys = values, keys
+        else:
+            chunk_values = values[lo:end]
+            chunk_keys = None if keys is None else keys[lo:end]
+        first = batch.builder.extend(chunk_values, chunk_keys, timestamp, size)
+        batch.record_count = first + end - lo
+        batch.reserved_bytes += size
+        self.buffered_bytes += size
+        if batch.builder.estimated_bytes >= self.batch_size:
+            # Full: close and encode it now, so the encoding overlaps the request in flight
+            # (the sender, woken here, then only writes bytes).
+            del self._open[tp]
+            batch.build()
+            self._wakeup()
+        return batch, first, end
 
     async def append(self, tp: TopicPartition, key, value, timestamp: int, headers, size: int) -> RecordFuture:
         """Append a record, waiting (FIFO) for buffer memory when it is full."""
@@ -302,7 +481,7 @@ class Accumulator:
             batch.record_count >= self._records_per_batch_max
         ):
             batch = self._new_batch(tp)
-        index = batch.builder.append(key, value, timestamp, headers)
+        index = batch.builder.append(key, value, timestamp, headers, size)
         batch.record_count = index + 1
         batch.reserved_bytes += size
         return RecordFuture(batch, index, timestamp)
@@ -313,6 +492,10 @@ class Accumulator:
         queue = self.queues.get(tp)
         if queue is None:
             queue = self.queues[tp] = deque()
+        else:
+            previous = self._open.get(tp)
+            if previous is not None and previous.payload is None and not previous.is_done:
+                previous.build()  # closed (full): encode it now, while earlier requests are in flight
         queue.append(batch)
         self._open[tp] = batch  # the previous open batch (if any) is now closed: full
         self.incomplete.add(batch)

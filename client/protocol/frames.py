@@ -20,6 +20,7 @@ all further input and the caller closes the connection.
 from __future__ import annotations
 
 import struct
+import sys
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn, Sequence
 
@@ -55,6 +56,20 @@ _I32_MIN, _I32_MAX = -(2**31), 2**31 - 1
 # never cost O(n^2), and a partly read buffer is not shifted on every frame.
 _COMPACT_BYTES_MIN = 64 * 1024
 
+# Receiving through get_buffer(): frames of at least LARGE_FRAME_BYTES get their own buffer, which
+# the finished frame takes over (no copy of, say, a 1 MiB produce or fetch payload); it grows by
+# at most LARGE_FRAME_GROWTH_BYTES past the bytes received, so a bare length prefix reserves little.
+# Smaller frames share a reused buffer of SHARED_BUFFER_BYTES and are copied out of it (cheap).
+LARGE_FRAME_BYTES = 128 * 1024
+LARGE_FRAME_GROWTH_BYTES = 4 * 1024 * 1024
+SHARED_BUFFER_BYTES = 256 * 1024
+READ_BYTES = 64 * 1024  # least room offered to one read into the shared buffer
+# Buffers of finished large frames kept for reuse once nothing references them, per decoder: at
+# most LENT_BUFFERS_MAX of at most LENT_BUFFER_BYTES_MAX each, so an idle connection that once
+# received big frames keeps at most 8 MiB (plus SHARED_BUFFER_BYTES) for its next ones.
+LENT_BUFFERS_MAX = 2
+LENT_BUFFER_BYTES_MAX = 4 * 1024 * 1024
+
 
 class _NeedData:
     """Type of NEED_DATA: the buffer does not yet hold a whole frame."""
@@ -78,7 +93,8 @@ NEED_DATA: Final = _NeedData()
 
 @dataclass(slots=True, frozen=True)
 class RequestFrame:
-    """A whole request frame. `payload` is a memoryview into a bytes object private to the frame."""
+    """A whole request frame. `payload` is a memoryview into a buffer private to the frame
+    (a bytes object, or for a large frame received through get_buffer() a bytearray)."""
 
     api_key: int
     api_version: int
@@ -90,7 +106,7 @@ class RequestFrame:
 
 @dataclass(slots=True, frozen=True)
 class ResponseFrame:
-    """A whole response frame. `payload` is a memoryview into a bytes object private to the frame."""
+    """A whole response frame. `payload` is a memoryview into a buffer private to the frame."""
 
     correlation_id: int
     control: Any
@@ -108,8 +124,18 @@ def _validate_frame_bytes_max(max_frame_bytes: int) -> None:
 class FrameDecoder:
     """Turns a byte stream into RequestFrame or ResponseFrame objects.
 
-    Memory held is the bytes fed and not yet returned as frames; `buffered_bytes` reports it
-    so a connection can pause reading when it grows.
+    Two ways in: `feed(data)` copies bytes received elsewhere; `get_buffer()` and
+    `buffer_updated(n)` let a transport read straight into the decoder (asyncio's
+    BufferedProtocol), which is how the broker and the SDK use it. A frame of at least
+    LARGE_FRAME_BYTES then gets a buffer of its own, grown as its bytes arrive (never more
+    than LARGE_FRAME_GROWTH_BYTES past what has arrived, so a length prefix alone reserves
+    nothing big), and the finished frame takes that buffer over: its payload is a view of the
+    bytes the socket wrote, with no copy in between. Once nothing references such a frame any
+    more, its buffer is reused for a later large frame (warm pages, no zero-filling). Smaller
+    frames are copied out of a shared, reused buffer.
+
+    Memory held is the bytes received and not yet returned as frames; `buffered_bytes` reports
+    it so a connection can pause reading when it grows.
     """
 
     def __init__(self, max_frame_bytes: int, is_request: bool):
@@ -117,26 +143,120 @@ class FrameDecoder:
         self.max_frame_bytes = max_frame_bytes
         self.is_request = is_request
         self._frame_bytes_min = REQUEST_FRAME_BYTES_MIN if is_request else RESPONSE_FRAME_BYTES_MIN
+        # Received bytes are _buffer[_read_position:_end]; _buffer[_end:] is room for get_buffer().
         self._buffer = bytearray()
         self._read_position = 0
+        self._end = 0
+        self._dedicated = 0  # frame_total when _buffer belongs to the pending large frame (from byte 0)
+        self._shared: bytearray | None = None  # the small-frame buffer, kept while a large frame reads
+        self._lent: list[bytearray] = []  # buffers finished frames took over: reused once unreferenced
         self._failure: FrameError | None = None
 
     @property
     def buffered_bytes(self) -> int:
         """Bytes fed but not yet returned in a frame (non-zero at EOF means a cut-off frame)."""
-        return len(self._buffer) - self._read_position
+        return self._end - self._read_position
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append bytes received from the peer. Raises DecoderFailedError after a FrameError."""
         if self._failure is not None:
             raise DecoderFailedError(f"decoder stopped after an earlier error: {self._failure}")
-        self._buffer += data
+        if not isinstance(data, (bytes, bytearray)):
+            data = memoryview(data).cast("B")
+        size = len(data)
+        if self._end + size > len(self._buffer):
+            buffered = self._end - self._read_position
+            self._reallocate(max(buffered + size, 2 * buffered))
+        self._buffer[self._end : self._end + size] = data
+        self._end += size
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """A writable view to receive bytes into; say how many arrived with buffer_updated().
+
+        The view ends where the pending frame ends when that frame is large, so one frame's
+        buffer never holds the next frame's bytes."""
+        if self._failure is not None:
+            raise DecoderFailedError(f"decoder stopped after an earlier error: {self._failure}")
+        buffered = self._end - self._read_position
+        frame_total = 0
+        if buffered >= LENGTH_PREFIX_BYTES:
+            (frame_length,) = LENGTH_PREFIX.unpack_from(self._buffer, self._read_position)
+            if self._frame_bytes_min <= frame_length <= self.max_frame_bytes:
+                frame_total = LENGTH_PREFIX_BYTES + frame_length
+        if frame_total >= LARGE_FRAME_BYTES:
+            own = self._dedicated == frame_total and self._read_position == 0
+            if not own or self._end == len(self._buffer):  # not its own buffer yet, or full: grow
+                capacity = min(frame_total, buffered + max(buffered, LARGE_FRAME_GROWTH_BYTES))
+                self._take_dedicated(self._recycled(capacity) or bytearray(capacity), frame_total)
+            return memoryview(self._buffer)[self._end : min(frame_total, len(self._buffer))]
+        want = max(READ_BYTES, sizehint if sizehint > 0 else 0)
+        if len(self._buffer) - self._end < want:
+            if self._read_position and buffered + want <= max(len(self._buffer), SHARED_BUFFER_BYTES):
+                self._reallocate(max(len(self._buffer), SHARED_BUFFER_BYTES))
+            else:
+                self._reallocate(max(SHARED_BUFFER_BYTES, buffered + want))
+        return memoryview(self._buffer)[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """`nbytes` were written at the start of the last get_buffer() view."""
+        self._end += nbytes
+
+    def _move_unread(self, target: bytearray) -> None:
+        """Copy the unread bytes to the front of `target` and make it the buffer."""
+        buffered = self._end - self._read_position
+        if buffered:
+            target[:buffered] = memoryview(self._buffer)[self._read_position : self._end]
+        self._buffer = target
+        self._read_position = 0
+        self._end = buffered
+
+    def _reallocate(self, capacity: int) -> None:
+        """Move the unread bytes to a new buffer of `capacity` bytes (never resized in place:
+        views handed out by get_buffer() may outlive the read they were for)."""
+        self._move_unread(bytearray(capacity))
+        self._dedicated = 0
+
+    def _take_dedicated(self, target: bytearray, frame_total: int) -> None:
+        """Give the pending large frame a buffer of its own; keep the small-frame buffer aside."""
+        if not self._dedicated and len(self._buffer) == SHARED_BUFFER_BYTES:
+            self._shared = self._buffer
+        self._move_unread(target)
+        self._dedicated = frame_total
+
+    def _recycled(self, capacity: int) -> bytearray | None:
+        """A buffer an earlier frame took over, if nothing references it any more (every view
+        of a frame's payload holds a reference to it) and it has room for `capacity` bytes.
+        Reusing it keeps the pages warm: a new big buffer costs page faults and zero-filling."""
+        for i, buffer in enumerate(self._lent):
+            # References: the _lent list, `buffer` here, getrefcount's argument. Nothing else.
+            if len(buffer) >= capacity and sys.getrefcount(buffer) <= 3:
+                del self._lent[i]
+                return buffer
+        return None
+
+    def _hand_over(self, frame_end: int) -> memoryview:
+        """The finished large frame takes its buffer; reading goes on in the small-frame buffer."""
+        buffer = self._buffer
+        body = memoryview(buffer)[LENGTH_PREFIX_BYTES:frame_end]
+        tail = self._end - frame_end  # only feed() can put bytes past a dedicated frame's end
+        following = self._shared if self._shared is not None else bytearray()
+        if len(following) < tail:
+            following = bytearray(tail)
+        if tail:
+            following[:tail] = memoryview(buffer)[frame_end : self._end]
+        self._buffer, self._shared = following, None
+        self._read_position, self._end, self._dedicated = 0, tail, 0
+        if len(buffer) <= LENT_BUFFER_BYTES_MAX:
+            self._lent.append(buffer)
+            if len(self._lent) > LENT_BUFFERS_MAX:
+                del self._lent[0]
+        return body
 
     def next_frame(self) -> RequestFrame | ResponseFrame | _NeedData:
         """Return the next whole frame, or NEED_DATA. Raises a FrameError subclass on bad bytes."""
         if self._failure is not None:
             raise DecoderFailedError(f"decoder stopped after an earlier error: {self._failure}")
-        if self.buffered_bytes < LENGTH_PREFIX_BYTES:
+        if self._end - self._read_position < LENGTH_PREFIX_BYTES:
             return NEED_DATA
         (frame_length,) = LENGTH_PREFIX.unpack_from(self._buffer, self._read_position)
         try:
@@ -144,12 +264,15 @@ class FrameDecoder:
         except FrameError as exc:
             self._fail(exc)
         frame_end = self._read_position + LENGTH_PREFIX_BYTES + frame_length
-        if frame_end > len(self._buffer):
+        if frame_end > self._end:
             return NEED_DATA
-        with memoryview(self._buffer) as view:
-            body = bytes(view[self._read_position + LENGTH_PREFIX_BYTES : frame_end])
-        self._read_position = frame_end
-        self._compact()
+        if self._dedicated and self._read_position == 0 and frame_end == self._dedicated:
+            body = self._hand_over(frame_end)  # the frame takes its buffer over: no copy
+        else:
+            with memoryview(self._buffer) as view:
+                body = bytes(view[self._read_position + LENGTH_PREFIX_BYTES : frame_end])
+            self._read_position = frame_end
+            self._compact()
         try:
             return self._parse(body)
         except FrameError as exc:
@@ -159,7 +282,9 @@ class FrameDecoder:
         """Remember the error, drop the buffer (it is of no use now) and raise."""
         self._failure = exc
         self._buffer = bytearray()
-        self._read_position = 0
+        self._read_position = self._end = self._dedicated = 0
+        self._shared = None
+        self._lent = []
         raise exc
 
     def _check_frame_length(self, frame_length: int) -> None:
@@ -180,14 +305,17 @@ class FrameDecoder:
             )
 
     def _compact(self) -> None:
-        if self._read_position == len(self._buffer):
-            self._buffer.clear()
-            self._read_position = 0
-        elif self._read_position >= _COMPACT_BYTES_MIN and self._read_position * 2 >= len(self._buffer):
-            del self._buffer[: self._read_position]
-            self._read_position = 0
+        if self._read_position == self._end:
+            if len(self._buffer) > SHARED_BUFFER_BYTES:
+                self._buffer = bytearray()  # do not keep a big frame's room for small ones
+                self._dedicated = 0
+            self._read_position = self._end = 0
+        elif self._read_position >= _COMPACT_BYTES_MIN and self._read_position * 2 >= self._end:
+            # A fresh buffer rather than `del buffer[:n]`: a view the transport got from
+            # get_buffer() may still be alive, and a bytearray with views cannot be resized.
+            self._reallocate(len(self._buffer))
 
-    def _parse(self, body: bytes) -> RequestFrame | ResponseFrame:
+    def _parse(self, body: bytes | memoryview) -> RequestFrame | ResponseFrame:
         frame_bytes = LENGTH_PREFIX_BYTES + len(body)
         if self.is_request:
             api_key, api_version, correlation_id, control_length = _REQUEST_FIELDS.unpack_from(body)
@@ -202,7 +330,7 @@ class FrameDecoder:
         return ResponseFrame(correlation_id, control, payload, frame_bytes)
 
 
-def _split_control(body: bytes, control_at: int, control_length: int) -> tuple[Any, memoryview]:
+def _split_control(body: bytes | memoryview, control_at: int, control_length: int) -> tuple[Any, memoryview]:
     """Decode the control part at `control_at`; the rest of `body` is the payload."""
     remaining = len(body) - control_at
     if control_length == 0:

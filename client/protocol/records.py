@@ -47,6 +47,7 @@ CRC_AT = 17
 CRC_FROM = 21  # the CRC covers bytes [CRC_FROM, end)
 _OFFSET_FIELD = struct.Struct(">q")
 _EPOCH_FIELD = struct.Struct(">i")
+_CRC_FIELD = struct.Struct(">I")
 _LENGTH_FIELDS = struct.Struct(">qi")  # base_offset, batch_length: enough to find the next batch
 
 # Hard ceiling of this format; deployments set a lower batch_bytes_max (client.protocol.limits).
@@ -280,10 +281,13 @@ def stamp_batches(buf, base_offset: int, leader_epoch: int) -> int:
     return next_offset
 
 
-def decode_records(buf, position: int = 0, header: BatchHeader | None = None) -> list[DecodedRecord]:
-    """Decode every record of the batch at `position` with one msgpack call.
+def decode_rows(buf, position: int = 0, header: BatchHeader | None = None) -> list:
+    """The raw records of the batch at `position`: one msgpack call, no per-record objects.
 
-    Does not check the CRC (validate_batch does); malformed records raise RecordsDecodeError."""
+    Each row is a tuple (offset_delta, timestamp_delta, key, value, headers) as the producer
+    packed it (headers None or a tuple of (name, value) pairs). The consumer turns rows into
+    its Record values in one list comprehension; decode_records makes DecodedRecord objects.
+    Does not check the CRC (validate_batch does); a malformed section raises RecordsDecodeError."""
     if header is None:
         header = read_header(buf, position)
     start = position + HEADER_BYTES
@@ -292,27 +296,38 @@ def decode_records(buf, position: int = 0, header: BatchHeader | None = None) ->
         raise BatchTruncatedError(f"batch at byte {position} runs past the end of the buffer", position)
     view = buf if isinstance(buf, memoryview) else memoryview(buf)
     try:
-        rows = msgpack.unpackb(view[start:end], use_list=True, raw=False, strict_map_key=True)
+        rows = msgpack.unpackb(view[start:end], use_list=False, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types on bad input
         raise RecordsDecodeError(f"records section of batch at byte {position} is not msgpack: {exc}", position) from exc
-    if not isinstance(rows, list) or len(rows) != header.record_count:
+    if type(rows) is not tuple or len(rows) != header.record_count:
         raise RecordsDecodeError(
             f"batch at byte {position} declares {header.record_count} records, holds "
-            f"{len(rows) if isinstance(rows, list) else type(rows).__name__}",
+            f"{len(rows) if isinstance(rows, tuple) else type(rows).__name__}",
             position,
         )
+    return rows
+
+
+def decode_records(buf, position: int = 0, header: BatchHeader | None = None) -> list[DecodedRecord]:
+    """Decode every record of the batch at `position` with one msgpack call.
+
+    Does not check the CRC (validate_batch does); malformed records raise RecordsDecodeError."""
+    if header is None:
+        header = read_header(buf, position)
+    rows = decode_rows(buf, position, header)
     base_offset = header.base_offset
     base_timestamp = header.base_timestamp
     try:
         return [
-            DecodedRecord(base_offset + row[0], base_timestamp + row[1], row[2], row[3], _headers(row[4]))
-            for row in rows
+            DecodedRecord(base_offset + delta, base_timestamp + ts_delta, key, value, record_headers(headers))
+            for delta, ts_delta, key, value, headers in rows
         ]
-    except (TypeError, IndexError, KeyError, ValueError) as exc:  # a row may be any msgpack value
+    except (TypeError, KeyError, ValueError) as exc:  # a row may be any msgpack value
         raise RecordsDecodeError(f"malformed record in batch at byte {position}: {exc}", position) from exc
 
 
-def _headers(raw) -> list[tuple[str, bytes | None]]:
+def record_headers(raw) -> list[tuple[str, bytes | None]]:
+    """A record's headers as the SDK hands them out: a new list of (name, value) tuples."""
     if not raw:
         return []
     return [(name, value) for name, value in raw]
@@ -405,28 +420,33 @@ def build_batch_from_rows(
         raise RecordCountError("a batch needs at least one record")
     body = msgpack.packb(rows, use_bin_type=True)
     last_offset_delta = rows[-1][0]
-    out = bytearray(HEADER_BYTES + len(body))
-    out[HEADER_BYTES:] = body
+    # Header and body are packed apart and joined once: the CRC runs over the header's tail and
+    # then continues over the body, so the records bytes are copied exactly once after packb.
+    head = bytearray(HEADER_BYTES)
     HEADER.pack_into(
-        out, 0, base_offset, len(out) - LENGTH_PREFIX_BYTES, leader_epoch, MAGIC, 0, attributes,
+        head, 0, base_offset, HEADER_BYTES + len(body) - LENGTH_PREFIX_BYTES, leader_epoch, MAGIC, 0, attributes,
         last_offset_delta, base_timestamp, max_timestamp, producer_id, producer_epoch, base_sequence, count,
     )
-    struct.pack_into(">I", out, CRC_AT, crc32c.crc32c(memoryview(out)[CRC_FROM:]))
-    return bytes(out)
+    crc = crc32c.crc32c(body, crc32c.crc32c(memoryview(head)[CRC_FROM:]))
+    _CRC_FIELD.pack_into(head, CRC_AT, crc)
+    return bytes(head) + body
 
 
 class BatchBuilder:
     """Collects records for one partition and packs them into a batch in one call.
 
     `estimated_bytes` is an upper-bound-ish running size (payload + per-record overhead) so
-    an accumulator can close a batch at batch_bytes without encoding twice."""
+    an accumulator can close a batch at batch_bytes without encoding twice.
+
+    Rows are kept as tuples ready for msgpack: a tuple of ints, bytes and None is untracked by
+    the garbage collector after its first collection, so a full accumulator costs the GC little."""
 
     RECORD_OVERHEAD_BYTES = 16  # msgpack array header + deltas + nil headers, a safe bound for small records
 
     __slots__ = ("_rows", "_base_timestamp", "_min_timestamp", "_max_timestamp", "estimated_bytes")
 
     def __init__(self):
-        self._rows: list = []
+        self._rows: list[tuple] = []
         self._base_timestamp = -1
         self._min_timestamp = -1
         self._max_timestamp = -1
@@ -435,33 +455,67 @@ class BatchBuilder:
     def __len__(self) -> int:
         return len(self._rows)
 
-    def append(self, key: bytes | None, value: bytes | None, timestamp_ms: int, headers=None) -> int:
-        """Add one record; returns its offset delta within the batch."""
+    def append(self, key: bytes | None, value: bytes | None, timestamp_ms: int, headers=None, size: int | None = None) -> int:
+        """Add one record; returns its offset delta within the batch. `size` is the record's
+        estimate (record_estimated_bytes) when the caller has computed it already."""
         rows = self._rows
-        if not rows:
-            self._base_timestamp = self._min_timestamp = self._max_timestamp = timestamp_ms
-        elif timestamp_ms > self._max_timestamp:
-            self._max_timestamp = timestamp_ms
-        elif timestamp_ms < self._min_timestamp:
-            self._min_timestamp = timestamp_ms  # a clock step back: build() rebases the deltas
         delta = len(rows)
-        rows.append([delta, timestamp_ms - self._base_timestamp, key, value, headers or None])
-        size = self.RECORD_OVERHEAD_BYTES
-        if key is not None:
-            size += len(key)
-        if value is not None:
-            size += len(value)
-        if headers:
-            size += sum(len(name) + (len(val) if val else 0) + 4 for name, val in headers)
-        self.estimated_bytes += size
+        if delta:
+            if timestamp_ms > self._max_timestamp:
+                self._max_timestamp = timestamp_ms
+            elif timestamp_ms < self._min_timestamp:
+                self._min_timestamp = timestamp_ms  # a clock step back: build() rebases the deltas
+        else:
+            self._base_timestamp = self._min_timestamp = self._max_timestamp = timestamp_ms
+        rows.append((delta, timestamp_ms - self._base_timestamp, key, value, headers or None))
+        self.estimated_bytes += record_estimated_bytes(key, value, headers) if size is None else size
         return delta
 
+    def extend(self, values, keys, timestamp_ms: int, size: int) -> int:
+        """Add many records with one timestamp and no headers in one list comprehension (the bulk
+        path of Producer.send_batch). `keys` is None (all keyless) or a sequence as long as
+        `values`; `size` is the records' summed estimate. Returns the first record's offset delta."""
+        rows = self._rows
+        first = len(rows)
+        if first:
+            if timestamp_ms > self._max_timestamp:
+                self._max_timestamp = timestamp_ms
+            elif timestamp_ms < self._min_timestamp:
+                self._min_timestamp = timestamp_ms
+        else:
+            self._base_timestamp = self._min_timestamp = self._max_timestamp = timestamp_ms
+        ts_delta = timestamp_ms - self._base_timestamp
+        if keys is None:
+            rows += [(delta, ts_delta, None, value, None) for delta, value in enumerate(values, first)]
+        else:
+            rows += [(delta, ts_delta, key, value, None) for delta, key, value in zip(range(first, first + len(values)), keys, values)]
+        self.estimated_bytes += size
+        return first
+
+    def release(self) -> None:
+        """Drop the rows once the batch is built (their bytes are in it); `estimated_bytes` stays.
+        The builder takes no more records after this."""
+        self._rows = ()  # type: ignore[assignment]
+
     def build(self, **fields) -> bytes:
+        rows = self._rows
         base = self._base_timestamp
         if self._min_timestamp < base:
             # base_timestamp must be the minimum so that max_timestamp >= base_timestamp holds.
             shift = base - self._min_timestamp
-            for row in self._rows:
-                row[1] += shift
-            base = self._min_timestamp
-        return build_batch_from_rows(self._rows, base, self._max_timestamp, **fields)
+            rows = self._rows = [(r[0], r[1] + shift, r[2], r[3], r[4]) for r in rows]
+            base = self._base_timestamp = self._min_timestamp
+        return build_batch_from_rows(rows, base, self._max_timestamp, **fields)
+
+
+def record_estimated_bytes(key: bytes | None, value: bytes | None, headers=None) -> int:
+    """The bytes a record adds to a batch, as BatchBuilder estimates them (an upper bound for
+    small records: msgpack framing is at most RECORD_OVERHEAD_BYTES plus the payload)."""
+    size = BatchBuilder.RECORD_OVERHEAD_BYTES
+    if key is not None:
+        size += len(key)
+    if value is not None:
+        size += len(value)
+    if headers:
+        size += sum(len(name) + (len(val) if val else 0) + 4 for name, val in headers)
+    return size
