@@ -17,10 +17,11 @@ in the short gap before the broker binds it; the node then fails to start and sa
 error carries the log tail). Restarts reuse the same port.
 
 Each process runs in its own process group (kill9 and close reach any child it has) with stdin
-closed and its output drained by a thread into `<root>/node-N.log` and `node.lines`. Start-up
-waits for the `event=ready` line (or the process exiting) on a condition with a deadline;
-nothing sleeps. TIDELOG_* environment variables are not passed on, so the shell cannot change
-the brokers' settings. `close()` is idempotent, and nodes still alive at interpreter exit are
+closed and its output drained by a thread into `<root>/node-N.log` and `node.lines` (a snapshot
+of the newest lines; `lines_since_start()` is the latest start's, `wait_for_line(pattern)` waits
+for one). Start-up waits for the `event=ready` line (or the process exiting) on a condition with
+a deadline; nothing sleeps. Unless `env` is given, TIDELOG_* environment variables are not
+passed on, so the shell cannot change the brokers' settings. `close()` is idempotent, and nodes still alive at interpreter exit are
 killed.
 
 This module ships with the package for the pytest plugin (broker/pytest_plugin.py); of tidelog
@@ -45,7 +46,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 20.0
@@ -111,7 +112,13 @@ class BrokerNode:
         settings: Mapping[str, Any] | None = None,
         log_path: str | Path | None = None,
         python: str = sys.executable,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        cwd: str | Path | None = None,
+        lines_kept: int = LINES_KEPT_MAX,
     ):
+        """`extra_args` go after the generated flags; `env` replaces the (TIDELOG_*-free) parent
+        environment; `cwd` defaults to the data dir's parent."""
         self.data_dir = Path(data_dir)
         self.node_id = node_id
         self.port = port
@@ -119,8 +126,14 @@ class BrokerNode:
         self.settings = dict(settings or {})
         self.log_path = Path(log_path) if log_path else self.data_dir.parent / f"node-{node_id}.log"
         self.python = python
-        self.lines: collections.deque[str] = collections.deque(maxlen=LINES_KEPT_MAX)
+        self.extra_args = list(extra_args)
+        self.env = dict(env) if env is not None else None
+        self.cwd = Path(cwd) if cwd is not None else None
         self.proc: subprocess.Popen | None = None
+        self.starts = 0
+        self._lines: collections.deque[str] = collections.deque(maxlen=lines_kept)
+        self._lines_total = 0  # lines read over all starts (some may have left _lines)
+        self._start_line = 0  # _lines_total when the latest start began
         self._cond = threading.Condition()
         self._reader: threading.Thread | None = None
         self._ready = False
@@ -132,7 +145,16 @@ class BrokerNode:
             args += ["--voters", self.voters]
         for name, value in self.settings.items():
             args += ["--" + name.replace("_", "-"), _flag_value(value)]
-        return args
+        return args + self.extra_args
+
+    def environment(self) -> dict[str, str]:
+        """The process's environment (see __init__)."""
+        if self.env is not None:
+            env = dict(self.env)
+        else:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("TIDELOG_")}
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
 
     # --- start ----------------------------------------------------------------------------------
 
@@ -141,15 +163,15 @@ class BrokerNode:
         if self.alive:
             raise BrokerNodeError(f"node {self.node_id} is already running")
         self.close()  # the previous process's pipe and reader, if any
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TIDELOG_")}
-        env["PYTHONUNBUFFERED"] = "1"
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         with self._cond:
             self._ready = False
+            self._start_line = self._lines_total
         self.proc = subprocess.Popen(
             self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            cwd=str(self.data_dir.parent), env=env, start_new_session=True,
+            cwd=str(self.cwd or self.data_dir.parent), env=self.environment(), start_new_session=True,
         )
+        self.starts += 1
         _live.add(self)
         self._reader = threading.Thread(target=self._drain, args=(self.proc,), daemon=True,
                                         name=f"tidelog-node-{self.node_id}-output")
@@ -158,15 +180,16 @@ class BrokerNode:
 
     def _drain(self, proc: subprocess.Popen) -> None:
         with open(self.log_path, "a", encoding="utf-8") as log:
-            log.write(f"--- {' '.join(self.command())}\n")
+            log.write(f"--- start {self.starts}: {' '.join(self.command())}\n")
             for raw in proc.stdout:  # type: ignore[union-attr]
                 line = raw.decode("utf-8", "replace").rstrip("\n")
                 log.write(line + "\n")
                 log.flush()
                 port = ready_port(line)
                 with self._cond:
-                    self.lines.append(line)
-                    if port is not None:
+                    self._lines.append(line)
+                    self._lines_total += 1
+                    if port is not None and proc is self.proc:
                         self.port = port
                         self._ready = True
                     self._cond.notify_all()
@@ -175,6 +198,9 @@ class BrokerNode:
 
     def wait_ready(self, deadline: float) -> BrokerNode:
         """Wait until the ready line, the process exiting, or `deadline` (time.monotonic())."""
+        return self._await_ready(deadline)
+
+    def _await_ready(self, deadline: float) -> BrokerNode:
         proc = self.proc
         assert proc is not None, "spawn() first"
         with self._cond:
@@ -184,13 +210,13 @@ class BrokerNode:
         if not ready:
             status = proc.poll()
             self.close()
-            tail = "\n".join(list(self.lines)[-20:])
+            tail = "\n".join(self.lines[-20:])
             why = f"exited with status {status}" if status is not None else "not ready before the deadline"
             raise BrokerNodeError(f"broker node {self.node_id} {why} (log {self.log_path}):\n{tail}")
         return self
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> BrokerNode:
-        return self.spawn().wait_ready(time.monotonic() + timeout_s)
+        return self.spawn()._await_ready(time.monotonic() + timeout_s)
 
     def restart(self, timeout_s: float = START_TIMEOUT_S) -> BrokerNode:
         """Start again on the same data dir and port; the node must be stopped first."""
@@ -272,6 +298,36 @@ class BrokerNode:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         _live.discard(self)
+
+    # --- output ---------------------------------------------------------------------------------
+
+    @property
+    def lines(self) -> list[str]:
+        """A snapshot of the newest output lines (every start's; all are in log_path)."""
+        with self._cond:
+            return list(self._lines)
+
+    def lines_since_start(self) -> list[str]:
+        """The kept lines of the latest start only."""
+        with self._cond:
+            count = min(self._lines_total - self._start_line, len(self._lines))
+            return list(self._lines)[len(self._lines) - count :]
+
+    def wait_for_line(self, pattern: str, timeout_s: float = 10.0) -> str:
+        """The first kept line matching the regex `pattern`, waiting for one while the process
+        runs; BrokerNodeError if none came before it exited or timeout_s passed."""
+        regex = re.compile(pattern)
+        found: list[str] = []
+
+        def check() -> bool:
+            found[:] = [line for line in self._lines if regex.search(line)][:1]
+            return bool(found) or not self.alive
+
+        with self._cond:
+            self._cond.wait_for(check, timeout_s)
+        if not found:
+            raise BrokerNodeError(f"no line matching {pattern!r} within {timeout_s}s")
+        return found[0]
 
     def __repr__(self) -> str:
         state = "alive" if self.alive else "stopped"
