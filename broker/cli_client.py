@@ -21,7 +21,7 @@ class CliError(Exception):
 
 
 def add_client_commands(sub: argparse._SubParsersAction) -> None:
-    topics = sub.add_parser("topics", help="create, list, describe, delete topics")
+    topics = sub.add_parser("topics", help="create, list, describe, alter, delete topics")
     topic_sub = topics.add_subparsers(dest="topics_command", required=True)
     create = topic_sub.add_parser("create", help="create a topic")
     create.add_argument("name")
@@ -32,9 +32,15 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     topic_sub.add_parser("list", help="list topics")
     describe = topic_sub.add_parser("describe", help="partitions, leaders, replicas, ISR and configs")
     describe.add_argument("name")
+    alter = topic_sub.add_parser("alter", help="change a topic's configs (others stay as they are)")
+    alter.add_argument("name")
+    alter.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                       help="set a topic setting, e.g. retention.ms=3600000 (repeatable)")
+    alter.add_argument("--delete-config", action="append", default=[], metavar="KEY",
+                       help="remove a topic setting: the broker default applies again (repeatable)")
     delete = topic_sub.add_parser("delete", help="delete a topic and its data")
     delete.add_argument("name")
-    for parser in (create, describe, delete, topic_sub.choices["list"]):
+    for parser in (create, describe, alter, delete, topic_sub.choices["list"]):
         _add_common(parser)
 
     produce = sub.add_parser("produce", help="send one record per stdin line")
@@ -98,6 +104,12 @@ async def _topics(args: argparse.Namespace) -> int:
                 print(name)
         elif command == "describe":
             _print_description(await admin.describe_topic(args.name))
+        elif command == "alter":
+            config = _parse_config(args.config)
+            if not config and not args.delete_config:
+                raise CliError("nothing to alter: give --config KEY=VALUE and/or --delete-config KEY")
+            await admin.alter_topic_config(args.name, set=config, delete=args.delete_config)
+            print(f"altered topic {args.name}")
         elif command == "delete":
             await admin.delete_topic(args.name)
             print(f"deleted topic {args.name}")

@@ -41,6 +41,7 @@ from storage.clock import Clock, SystemClock
 
 from broker.logging import StructuredLogger, get_logger
 from broker.metadata import NO_LEADER, MetadataImage, PartitionState, assign_replicas, new_topic_id
+from broker.partitions import TOPIC_CONFIGS, TopicConfigError, validate_topic_configs
 from broker.raft.core import Role
 from broker.raft.driver import DriverStopped, ProposalLost, RaftDriver, ReadTimeout
 from broker.raft.errors import NotLeader, ProposalDropped, RaftError
@@ -332,6 +333,34 @@ class Controller:
         if name not in self.image.topics:
             raise ControllerError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"topic {name!r} does not exist")
         await self._tracked(name, [["delete_topic", name]])
+
+    async def alter_topic_config(self, name: str, set_: dict[str, str], delete: list[str],
+                                 validate_only: bool = False) -> dict[str, str]:
+        """Set and delete config keys of `name` (Kafka's IncrementalAlterConfigs): validated like
+        CreateTopics' configs, then the full new config dict is committed as a "topic_config"
+        record. Returns the new configs once applied here (or, with validate_only, once checked)."""
+        self._require_active()
+        await self._settle(name)  # serialized with creates, deletes and other alters of `name`
+        topic = self.image.topics.get(name)
+        if topic is None:
+            raise ControllerError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"topic {name!r} does not exist")
+        both = sorted(set(set_) & set(delete))
+        if both:
+            raise ControllerError(ErrorCode.INVALID_CONFIG, f"config {both[0]!r} is both set and deleted")
+        try:
+            unknown = [key for key in delete if key not in TOPIC_CONFIGS]
+            if unknown:
+                raise TopicConfigError(f"unknown config {unknown[0]!r}; known: {', '.join(sorted(TOPIC_CONFIGS))}")
+            validate_topic_configs(set_, topic.replication_factor)  # names the bad key being set
+            configs = {key: value for key, value in topic.configs.items() if key not in delete}
+            configs.update(set_)
+            validate_topic_configs(configs, topic.replication_factor)
+        except TopicConfigError as exc:
+            raise ControllerError(ErrorCode.INVALID_CONFIG, str(exc)) from None
+        if validate_only or configs == topic.configs:
+            return configs
+        await self._tracked(name, [["topic_config", name, configs]])
+        return configs
 
     async def _tracked(self, name: str, records: list[list]) -> None:
         future = asyncio.ensure_future(self._wait(self._propose(records)))

@@ -14,6 +14,7 @@ accept records without them):
           assignment: [[replica node ids] per partition]; leaders start at replicas[0], epoch 0,
           ISR = replicas
     ["delete_topic", name]
+    ["topic_config", name, configs]                                 a topic's configs, the full new dict
     ["partition", name, partition, leader, leader_epoch, isr, replicas?]   leader/ISR change
           (replicas: optional; absent = unchanged)
     ["offset_commit", group, topic, partition, offset, metadata]    a group's committed offset
@@ -99,6 +100,11 @@ class MetadataImage:
             self.topics[name] = TopicState(name, topic_id, factor, dict(configs), partitions)
         elif kind == "delete_topic":
             self.topics.pop(record[1], None)
+        elif kind == "topic_config":
+            _, name, configs = record[:3]
+            topic = self.topics.get(name)
+            if topic is not None:
+                topic.configs = dict(configs)
         elif kind == "partition":
             _, name, index, leader, leader_epoch, isr = record[:6]
             topic = self.topics.get(name)

@@ -229,6 +229,7 @@ class ReplicaManager:
             partition = None
         if partition is not None:
             partition.leader, partition.leader_epoch, partition.isr = state.leader, state.leader_epoch, list(state.isr)
+            self._follow_config(partition, log_config, min_insync)
             self._advance_high_watermark(partition)
             return
         if key in self.strays:  # a new topic reuses a stray's name: the stray is not its history
@@ -236,10 +237,20 @@ class ReplicaManager:
             self.logs.delete(*key)
             self.log.info("stray_partition_deleted", topic=key[0], partition=key[1])
         log = self.logs.get(*key) or self.logs.create(key[0], key[1], log_config)
+        if log.config != log_config:
+            log.update_config(log_config)  # opened from disk with the broker defaults
         self.partitions[key] = Partition(
             key[0], key[1], log, state.leader, state.leader_epoch, list(state.isr),
             log.log_end_offset, log_config.batch_bytes_max, min_insync, topic_id,
         )
+
+    def _follow_config(self, partition: Partition, log_config: LogConfig, min_insync: int) -> None:
+        """A topic's configs changed (AlterTopicConfigs): the log takes the new settings at once."""
+        partition.min_insync_replicas = min_insync
+        partition.batch_bytes_max = log_config.batch_bytes_max
+        if partition.log.config != log_config:
+            partition.log.update_config(log_config)
+            self.log.info("partition_config_updated", topic=partition.topic, partition=partition.index)
 
     def _remove(self, key: PartitionKey) -> None:
         self.partitions.pop(key)

@@ -119,6 +119,11 @@ class MetadataService:
     async def delete_topic(self, name: str) -> None:
         await self.controller.delete_topic(name)
 
+    async def alter_topic_config(self, name: str, set_: dict[str, str], delete: list[str],
+                                 validate_only: bool = False) -> dict[str, str]:
+        """Commit a topic's changed configs; returns once this broker's image holds them."""
+        return await self.controller.alter_topic_config(name, set_, delete, validate_only)
+
     def auto_create_topic(self, name: str, partitions: int, replication_factor: int) -> ErrorCode:
         """Create `name` for a Metadata or Produce request (synchronous: Produce appends before
         its first await). NONE once the topic is in the image; LEADER_NOT_AVAILABLE (retriable)

@@ -1,4 +1,4 @@
-"""Admin: create, delete, list and describe topics; describe the cluster.
+"""Admin: create, delete, list, describe and alter the configs of topics; describe the cluster.
 
     async with Admin(bootstrap_servers="127.0.0.1:9292") as admin:
         await admin.create_topic("orders", partitions=6, replication_factor=3)
@@ -25,6 +25,7 @@ from client.errors import (
 from client.protocol.errors import ErrorCode
 from client.protocol.limits import REQUEST_TIMEOUT_MS_DEFAULT
 from client.protocol.messages import (
+    AlterTopicConfigsRequest,
     ApiKey,
     CreateTopicsRequest,
     DeleteTopicsRequest,
@@ -32,6 +33,7 @@ from client.protocol.messages import (
     DescribeTopicRequest,
     MetadataRequest,
     NewTopic,
+    TopicConfigAlteration,
 )
 from client.types import BrokerDescription, ClusterDescription, PartitionDescription, TopicDescription
 
@@ -126,6 +128,30 @@ class Admin:
             self._check_topic_results(response.topics, name, "deleting", conn)
 
         await self._with_retries(f"DeleteTopics for {name!r}", attempt, controller=True)
+
+    async def alter_topic_config(
+        self,
+        name: str,
+        set: dict[str, str] | None = None,
+        delete: Iterable[str] | None = None,
+        *,
+        validate_only: bool = False,
+    ) -> None:
+        """Change some configs of a topic (Kafka's incremental alter configs): keys in `set` take
+        these values, keys in `delete` go back to the broker default; other keys are unchanged.
+        Raises InvalidConfigError naming a bad key or value, UnknownTopicOrPartitionError, ..."""
+        alteration = TopicConfigAlteration(
+            name, {str(k): str(v) for k, v in (set or {}).items()}, [str(k) for k in (delete or ())]
+        )
+        request = AlterTopicConfigsRequest(
+            topics=[alteration], timeout_ms=int(self.request_timeout_ms), validate_only=validate_only
+        )
+
+        async def attempt(conn: Connection) -> None:
+            response = await conn.request(request)
+            self._check_topic_results(response.topics, name, "altering configs", conn)
+
+        await self._with_retries(f"AlterTopicConfigs for {name!r}", attempt, controller=True)
 
     async def list_topics(self) -> list[str]:
         """Names of every topic, sorted."""

@@ -40,6 +40,14 @@ REQUESTS = [
         validate_only=True,
     ),
     m.DeleteTopicsRequest(names=["orders"], timeout_ms=1000),
+    m.AlterTopicConfigsRequest(
+        topics=[
+            m.TopicConfigAlteration("orders", {"retention.ms": "3600000", "segment.bytes": "1048576"}, ["flush.ms"]),
+            m.TopicConfigAlteration("x"),
+        ],
+        timeout_ms=5000,
+        validate_only=True,
+    ),
     m.ProduceRequest(
         acks=m.ACKS_ALL,
         timeout_ms=1500,
@@ -96,6 +104,9 @@ RESPONSES = [
         topics=[m.TopicResult("orders", ErrorCode.NONE), m.TopicResult("x", ErrorCode.TOPIC_ALREADY_EXISTS, "exists")]
     ),
     m.DeleteTopicsResponse(topics=[m.TopicResult("orders", ErrorCode.TOPIC_DELETION_DISABLED, "disabled")]),
+    m.AlterTopicConfigsResponse(
+        topics=[m.TopicResult("orders", ErrorCode.NONE), m.TopicResult("x", ErrorCode.INVALID_CONFIG, "unknown config 'x.y'")]
+    ),
     m.ProduceResponse(
         topics=[
             m.ProduceTopicResult(
@@ -285,7 +296,7 @@ def test_api_keys_follow_kafka_numbering_and_tidelog_keys_start_at_1000():
         "PRODUCE": 0, "FETCH": 1, "LIST_OFFSETS": 2, "METADATA": 3, "OFFSET_COMMIT": 8, "OFFSET_FETCH": 9,
         "FIND_COORDINATOR": 10, "JOIN_GROUP": 11, "HEARTBEAT": 12, "LEAVE_GROUP": 13, "SYNC_GROUP": 14,
         "DESCRIBE_GROUPS": 15, "LIST_GROUPS": 16, "API_VERSIONS": 18, "CREATE_TOPICS": 19,
-        "DELETE_TOPICS": 20, "INIT_PRODUCER_ID": 22, "RAFT_VOTE": 52, "ALTER_PARTITION": 56,
+        "DELETE_TOPICS": 20, "INIT_PRODUCER_ID": 22, "ALTER_TOPIC_CONFIGS": 44, "RAFT_VOTE": 52, "ALTER_PARTITION": 56,
         "DESCRIBE_CLUSTER": 60, "BROKER_REGISTRATION": 62, "BROKER_HEARTBEAT": 63, "DESCRIBE_QUORUM": 55,
     }  # fmt: skip
     for name, number in kafka.items():

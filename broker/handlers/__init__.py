@@ -73,6 +73,7 @@ def _handlers() -> dict[int, Handler]:
         ApiKey.DESCRIBE_CLUSTER: meta.handle_describe_cluster,
         ApiKey.CREATE_TOPICS: topics.handle_create_topics,
         ApiKey.DELETE_TOPICS: topics.handle_delete_topics,
+        ApiKey.ALTER_TOPIC_CONFIGS: topics.handle_alter_topic_configs,
         ApiKey.PRODUCE: produce.handle_produce,
         ApiKey.FETCH: fetch.handle_fetch,
         ApiKey.LIST_OFFSETS: offsets.handle_list_offsets,

@@ -1,4 +1,4 @@
-"""CreateTopics, DeleteTopics, and topic auto-creation (used by Metadata and Produce).
+"""CreateTopics, DeleteTopics, AlterTopicConfigs, and topic auto-creation (used by Metadata and Produce).
 
 Topic changes are made by the active controller only (the Raft leader of the metadata quorum):
 any other broker answers NOT_CONTROLLER (retriable; the SDK's Admin retries against the
@@ -21,6 +21,8 @@ from client.protocol.limits import (
     validate_topic_name,
 )
 from client.protocol.messages import (
+    AlterTopicConfigsRequest,
+    AlterTopicConfigsResponse,
     CreateTopicsRequest,
     CreateTopicsResponse,
     DeleteTopicsRequest,
@@ -166,3 +168,36 @@ async def handle_delete_topics(ctx: HandlerContext, request: DeleteTopicsRequest
             ctx.log.info("topic_deleted", topic=name)
         results.append(TopicResult(name, error, message))
     return DeleteTopicsResponse(topics=results)
+
+
+async def handle_alter_topic_configs(ctx: HandlerContext, request: AlterTopicConfigsRequest) -> AlterTopicConfigsResponse:
+    """Kafka's IncrementalAlterConfigs for topics: the controller validates the keys and values
+    like CreateTopics' and commits the topic's full new configs; every broker's replica manager
+    then gives the topic's logs the new settings."""
+    metadata = ctx.metadata
+    if not metadata.is_controller:
+        refusal = metadata.not_controller()
+        return AlterTopicConfigsResponse(topics=[TopicResult(t.name, refusal.code, refusal.message) for t in request.topics])
+    checked: dict[str, tuple[ErrorCode, str | None]] = {}
+    changes: dict[str, Any] = {}
+    names = [topic.name for topic in request.topics]
+    for topic in request.topics:
+        if names.count(topic.name) > 1:
+            checked[topic.name] = (ErrorCode.INVALID_REQUEST, "topic listed more than once")
+            continue
+        try:
+            validate_topic_name(topic.name)
+        except InvalidTopicNameError as exc:
+            checked[topic.name] = (ErrorCode.INVALID_TOPIC_EXCEPTION, exc.message)
+            continue
+        checked[topic.name] = (ErrorCode.NONE, None)
+        changes[topic.name] = metadata.alter_topic_config(
+            topic.name, dict(topic.set), list(topic.delete), request.validate_only)
+    outcomes = await _commit_all(ctx, changes, request.timeout_ms)
+    results = []
+    for topic in request.topics:
+        error, message = outcomes.get(topic.name) or checked[topic.name]
+        if topic.name in changes and error == ErrorCode.NONE and not request.validate_only:
+            ctx.log.info("topic_config_altered", topic=topic.name, set=sorted(topic.set), deleted=sorted(topic.delete))
+        results.append(TopicResult(topic.name, error, message))
+    return AlterTopicConfigsResponse(topics=results)

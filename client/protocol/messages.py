@@ -70,6 +70,7 @@ class ApiKey(enum.IntEnum):
     CREATE_TOPICS = 19
     DELETE_TOPICS = 20
     INIT_PRODUCER_ID = 22  # reserved
+    ALTER_TOPIC_CONFIGS = 44  # Kafka's IncrementalAlterConfigs, for topics
     RAFT_VOTE = 52  # reserved; Kafka's KRaft Vote
     DESCRIBE_QUORUM = 55  # Kafka's KRaft DescribeQuorum: the controller quorum's leader, term, lag
     ALTER_PARTITION = 56  # reserved
@@ -542,7 +543,7 @@ class NewTopic:
 
 @dataclass(slots=True)
 class TopicResult:
-    """Outcome for one topic of CreateTopics or DeleteTopics."""
+    """Outcome for one topic of CreateTopics, DeleteTopics or AlterTopicConfigs."""
 
     name: str
     error_code: int
@@ -634,6 +635,61 @@ class DeleteTopicsResponse(Response):
 
     @classmethod
     def _from_control(cls, control: Any, payload: _PayloadReader) -> DeleteTopicsResponse:
+        return cls(topics=_topic_results(control))
+
+
+# --- AlterTopicConfigs (Kafka's IncrementalAlterConfigs, topics only) ------------------------
+
+
+@dataclass(slots=True)
+class TopicConfigAlteration:
+    """For one topic: keys to set (to these values) and keys to delete (back to the default)."""
+
+    name: str
+    set: dict[str, str] = field(default_factory=dict)
+    delete: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True, kw_only=True)
+class AlterTopicConfigsRequest(Request):
+    """Change topic configs incrementally; with validate_only the controller checks and changes nothing."""
+
+    API_KEY: ClassVar[int] = ApiKey.ALTER_TOPIC_CONFIGS
+    topics: list[TopicConfigAlteration] = field(default_factory=list)
+    timeout_ms: int = REQUEST_TIMEOUT_MS_DEFAULT
+    validate_only: bool = False
+
+    def to_control(self) -> list:
+        rows = [[t.name, t.set, t.delete] for t in self.topics]
+        return [rows, self.timeout_ms, self.validate_only]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> AlterTopicConfigsRequest:
+        rows, timeout_ms, validate_only = _fields(control, "control", 3)
+        return cls(
+            topics=[
+                TopicConfigAlteration(
+                    _str(name, "topics[].name"),
+                    _str_map(set_, "topics[].set"),
+                    _str_list(delete, "topics[].delete"),
+                )
+                for name, set_, delete in _rows(rows, "topics", 3)
+            ],
+            timeout_ms=_int(timeout_ms, "timeout_ms", _I32),
+            validate_only=_bool(validate_only, "validate_only"),
+        )
+
+
+@dataclass(slots=True, kw_only=True)
+class AlterTopicConfigsResponse(Response):
+    API_KEY: ClassVar[int] = ApiKey.ALTER_TOPIC_CONFIGS
+    topics: list[TopicResult] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        return _topic_results_control(self.topics)
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> AlterTopicConfigsResponse:
         return cls(topics=_topic_results(control))
 
 
@@ -1058,6 +1114,7 @@ register_api(CreateTopicsRequest, CreateTopicsResponse)
 register_api(DeleteTopicsRequest, DeleteTopicsResponse)
 register_api(DescribeClusterRequest, DescribeClusterResponse)
 register_api(DescribeTopicRequest, DescribeTopicResponse)
+register_api(AlterTopicConfigsRequest, AlterTopicConfigsResponse)
 
 
 def api_name(api_key: int) -> str:

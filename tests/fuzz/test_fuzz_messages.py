@@ -70,6 +70,12 @@ MESSAGE_STRATEGIES = {
         st.builds(m.DeleteTopicsRequest, names=_few(NAME), timeout_ms=I32),
         st.builds(m.DeleteTopicsResponse, topics=_few(_topic_result)),
     ),
+    m.ApiKey.ALTER_TOPIC_CONFIGS: (
+        st.builds(m.AlterTopicConfigsRequest,
+                  topics=_few(st.builds(m.TopicConfigAlteration, NAME, CONFIGS, _few(NAME))),
+                  timeout_ms=I32, validate_only=st.booleans()),
+        st.builds(m.AlterTopicConfigsResponse, topics=_few(_topic_result)),
+    ),
     m.ApiKey.PRODUCE: (
         st.builds(m.ProduceRequest, acks=I16, timeout_ms=I32,
                   topics=_few(st.builds(m.ProduceTopic, NAME, _few(st.builds(m.ProducePartition, I32, RECORDS))))),
