@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from broker.testing import START_TIMEOUT_S, BrokerNode, BrokerNodeError, free_ports
+from broker.testing import START_TIMEOUT_S, BrokerNode, BrokerNodeError, free_ports, wait_until_cluster_formed
 
 STOP_TIMEOUT_S = 20.0
 BROKERS_MAX = 32  # ports and processes on one machine; more is not a dev cluster
@@ -76,6 +76,9 @@ class DevCluster:
         deadline = time.monotonic() + START_TIMEOUT_S
         for node in self.nodes:
             node.wait_ready(deadline)
+        # The banner promises a usable cluster: wait until every broker is registered and live.
+        wait_until_cluster_formed([("127.0.0.1", node.port) for node in self.nodes],
+                                  [node.node_id for node in self.nodes], deadline)
 
     def stop(self) -> bool:
         """SIGTERM all, wait, SIGKILL leftovers; True if every broker stopped cleanly (status 0)."""

@@ -334,6 +334,53 @@ class BrokerNode:
         return f"<BrokerNode {self.node_id} 127.0.0.1:{self.port} {state}>"
 
 
+CLUSTER_POLL_INTERVAL_S = 0.05  # between DescribeCluster probes while brokers register
+
+
+def _describe_cluster(address: tuple[str, int], timeout_s: float):
+    """One DescribeCluster over a blocking socket; None if the broker cannot answer yet."""
+    from client.protocol.errors import ProtocolError
+    from client.protocol.frames import NEED_DATA, FrameDecoder
+    from client.protocol.messages import ApiKey, DescribeClusterRequest, decode_response, encode_request_message
+
+    decoder = FrameDecoder(1 << 20, is_request=False)
+    try:
+        with socket.create_connection(address, timeout=timeout_s) as sock:
+            sock.sendall(b"".join(bytes(part) for part in encode_request_message(DescribeClusterRequest(), 1)))
+            while (frame := decoder.next_frame()) is NEED_DATA:
+                data = sock.recv(65536)
+                if not data:
+                    return None
+                decoder.feed(data)
+        return decode_response(ApiKey.DESCRIBE_CLUSTER, frame)
+    except (OSError, ProtocolError):  # not listening yet, or refused while starting: ask again
+        return None
+
+
+def wait_until_cluster_formed(addresses: Sequence[tuple[str, int]], node_ids: Sequence[int], deadline: float) -> None:
+    """Return once every broker's metadata names a controller and all `node_ids` as live.
+
+    A broker logs `ready` when it serves requests; it registers with the controller a moment
+    later. Until every broker is registered, creating a topic with replicas on all of them
+    fails (too few live brokers), so a cluster is only handed to a user after this check.
+    Polls DescribeCluster (a condition with a deadline, every CLUSTER_POLL_INTERVAL_S)."""
+    wanted = set(node_ids)
+    pending = list(addresses)
+    while pending:
+        answer = _describe_cluster(pending[0], max(0.1, min(2.0, deadline - time.monotonic())))
+        if answer is not None and answer.error_code == 0 and answer.controller_id >= 0 and wanted <= {
+            broker.node_id for broker in answer.brokers if not broker.fenced
+        }:
+            pending.pop(0)
+            continue
+        if time.monotonic() >= deadline:
+            raise BrokerNodeError(
+                f"the cluster did not form in time: broker {pending[0][0]}:{pending[0][1]} does not yet see "
+                f"a controller and live brokers {sorted(wanted)}"
+            )
+        time.sleep(CLUSTER_POLL_INTERVAL_S)
+
+
 class LocalCluster:
     """n broker processes on picked ports with one --voters list (see the module docstring).
 
@@ -383,6 +430,8 @@ class LocalCluster:
             deadline = time.monotonic() + timeout_s
             for node in self.brokers:
                 node.wait_ready(deadline)
+            wait_until_cluster_formed([("127.0.0.1", node.port) for node in self.brokers],
+                                      [node.node_id for node in self.brokers], deadline)
         except BaseException:
             self.close()
             raise

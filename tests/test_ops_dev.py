@@ -50,6 +50,7 @@ def test_dev_cluster_up_and_down():
 
     threading.Thread(target=drain, daemon=True).start()
     seen: list[str] = []
+    pids: list[int] = []
     try:
         bootstrap = read_until(lines, r"^bootstrap: (\S+)", seen).group(1)
         pids = [int(read_until(lines, r"node \d+ .* pid (\d+)", seen).group(1)) for _ in range(2)]
@@ -68,6 +69,15 @@ def test_dev_cluster_up_and_down():
         assert not [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
         assert not root.exists()
     finally:
+        # On a failure above, stop dev the way a user would (it stops its brokers), then make
+        # sure no broker it started outlives the test: they run in their own sessions.
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for pid in pids:
+            if psutil.pid_exists(pid):
+                psutil.Process(pid).kill()
