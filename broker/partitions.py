@@ -288,7 +288,9 @@ class ReplicaManager:
             # A producer's batch has one offset per record; a forged last_offset_delta would
             # otherwise reserve a huge offset range.
             return AppendOutcome(ErrorCode.INVALID_RECORD, "last_offset_delta must be record_count - 1 in a produced batch")
-        buffer = bytearray(data)  # the one copy on the produce path: offsets are stamped into it
+        # At most one copy on the produce path: a large frame's buffer is writable (the decoder
+        # hands it over) and is stamped in place; a small frame's read-only view is copied once.
+        buffer = data if not data.readonly else bytearray(data)
         try:
             appended = partition.log.append(buffer, partition.leader_epoch)
         except StorageError as exc:
