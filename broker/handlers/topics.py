@@ -11,6 +11,7 @@ so the answer reaches a client that uses the same timeout for the whole request.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from typing import Any
 
 from client.protocol.errors import ErrorCode, InvalidTopicNameError
@@ -98,16 +99,30 @@ def _ignore_outcome(task: asyncio.Future) -> None:
         task.exception()
 
 
+def _controller_refusal(ctx: HandlerContext, names: list[str]) -> list[TopicResult] | None:
+    """NOT_CONTROLLER for every topic when this broker is not the active controller, else None."""
+    if ctx.metadata.is_controller:
+        return None
+    refusal = ctx.metadata.not_controller()
+    return [TopicResult(name, refusal.code, refusal.message) for name in names]
+
+
+def _listed_twice(names: list[str]) -> set[str]:
+    """Topics named more than once in one request (refused: their outcome would be ambiguous)."""
+    return {name for name, count in Counter(names).items() if count > 1}
+
+
 async def handle_create_topics(ctx: HandlerContext, request: CreateTopicsRequest) -> CreateTopicsResponse:
     metadata = ctx.metadata
-    if not metadata.is_controller:
-        refusal = metadata.not_controller()
-        return CreateTopicsResponse(topics=[TopicResult(t.name, refusal.code, refusal.message) for t in request.topics])
+    names = [topic.name for topic in request.topics]
+    refused = _controller_refusal(ctx, names)
+    if refused is not None:
+        return CreateTopicsResponse(topics=refused)
     checked: dict[str, tuple[ErrorCode, str | None]] = {}
     changes: dict[str, Any] = {}
-    names = [topic.name for topic in request.topics]
+    twice = _listed_twice(names)
     for topic in request.topics:
-        if names.count(topic.name) > 1:
+        if topic.name in twice:
             checked[topic.name] = (ErrorCode.INVALID_REQUEST, "topic listed more than once")
             continue
         error, message, partitions, factor = check_new_topic(ctx, topic)
@@ -143,9 +158,9 @@ def auto_create_topic(ctx: HandlerContext, name: str) -> ErrorCode:
 
 async def handle_delete_topics(ctx: HandlerContext, request: DeleteTopicsRequest) -> DeleteTopicsResponse:
     metadata = ctx.metadata
-    if not metadata.is_controller:
-        refusal = metadata.not_controller()
-        return DeleteTopicsResponse(topics=[TopicResult(name, refusal.code, refusal.message) for name in request.names])
+    refused = _controller_refusal(ctx, list(request.names))
+    if refused is not None:
+        return DeleteTopicsResponse(topics=refused)
     checked: dict[str, tuple[ErrorCode, str | None]] = {}
     changes: dict[str, Any] = {}
     for name in request.names:
@@ -175,14 +190,15 @@ async def handle_alter_topic_configs(ctx: HandlerContext, request: AlterTopicCon
     like CreateTopics' and commits the topic's full new configs; every broker's replica manager
     then gives the topic's logs the new settings."""
     metadata = ctx.metadata
-    if not metadata.is_controller:
-        refusal = metadata.not_controller()
-        return AlterTopicConfigsResponse(topics=[TopicResult(t.name, refusal.code, refusal.message) for t in request.topics])
+    names = [topic.name for topic in request.topics]
+    refused = _controller_refusal(ctx, names)
+    if refused is not None:
+        return AlterTopicConfigsResponse(topics=refused)
     checked: dict[str, tuple[ErrorCode, str | None]] = {}
     changes: dict[str, Any] = {}
-    names = [topic.name for topic in request.topics]
+    twice = _listed_twice(names)
     for topic in request.topics:
-        if names.count(topic.name) > 1:
+        if topic.name in twice:
             checked[topic.name] = (ErrorCode.INVALID_REQUEST, "topic listed more than once")
             continue
         try:
