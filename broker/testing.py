@@ -381,7 +381,7 @@ def wait_until_cluster_formed(addresses: Sequence[tuple[str, int]], node_ids: Se
         time.sleep(CLUSTER_POLL_INTERVAL_S)
 
 
-LOCAL_CLUSTER_DEFAULTS: dict[str, Any] = {"raft_tick_ms": 20}
+LOCAL_CLUSTER_DEFAULTS: dict[str, Any] = {"raft_tick_ms": 30}
 
 
 class LocalCluster:
@@ -411,9 +411,10 @@ class LocalCluster:
         self.size = size
         self._temp_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="tidelog-cluster-")) if root is None else Path(root)
-        # A loopback test cluster needs no WAN-tolerant timing: 20 ms Raft ticks elect a
-        # controller in 0.2-0.4 s instead of 0.5-1 s, so the cluster is usable sooner and a
-        # test's failover is faster. Any setting the caller passes wins.
+        # A loopback test cluster needs no WAN-tolerant timing: 30 ms Raft ticks elect a
+        # controller in 0.3-0.6 s instead of 0.5-1 s, so the cluster is usable sooner and a
+        # test's failover is faster (20 ms churned elections on a loaded 2-core machine).
+        # Any setting the caller passes wins.
         self.settings = {**LOCAL_CLUSTER_DEFAULTS, **dict(settings or {})}
         self.python = python
         self.brokers: list[BrokerNode] = []

@@ -108,7 +108,12 @@ def test_cluster_of_three_with_kill9_and_restart(tidelog_cluster):
     nodes[1].pause()
     nodes[1].resume()
     with sync.Admin(bootstrap_servers=nodes[1].bootstrap_servers) as admin:
-        assert admin.describe_cluster().controller_id in (1, 2, 3)  # one quorum: its leader, whichever
+        # One quorum: its leader, whichever. Right after the kill and the pause an election may
+        # still run (no controller known, -1): wait for one, with a deadline.
+        deadline = time.monotonic() + 10
+        while (controller := admin.describe_cluster().controller_id) == -1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert controller in (1, 2, 3)
     assert nodes[2].terminate() == 0
 '''
 
