@@ -81,6 +81,10 @@ def _add_common(parser: argparse.ArgumentParser, mode: str) -> None:
         help="records to produce (e2e: rate x duration)")
     add("--record-bytes", type=int, default=100, help="bytes of each record value")
     add("--partitions", type=int, default=1, help="partitions of the benchmark topic")
+    add("--replication-factor", type=int, default=1, help="replicas of the benchmark topic")
+    add("--min-insync-replicas", type=int, default=None, help="the topic's min.insync.replicas (default: the broker's)")
+    add("--brokers", type=int, default=1,
+        help="without --bootstrap: start a local cluster of this many broker processes (CPU is their sum)")
     add("--acks", default="1", choices=["0", "1", "all", "-1"])
     add("--linger-ms", type=float, default=5 if mode != "e2e" else 0)
     add("--batch-bytes", type=int, default=None, help="producer batch_size (default: 256 KiB, 1 MiB for records >= 1 KB)")
@@ -170,13 +174,29 @@ class BrokerHandle:
         self._proc = proc
         self._temp_dir = temp_dir
         self._drain: threading.Thread | None = None
+        self._cluster: Any = None  # broker.testing.LocalCluster when --brokers > 1
         self.log_tail: list[str] = []
 
     @classmethod
     def open(cls, args: argparse.Namespace) -> BrokerHandle:
         if args.bootstrap:
             return cls(args.bootstrap, args.broker_pid)
+        if args.brokers > 1:
+            return cls.start_cluster(args.brokers, args.data_dir)
         return cls.start(args.data_dir)
+
+    @classmethod
+    def start_cluster(cls, brokers: int, data_dir: str | None = None) -> BrokerHandle:
+        """A local cluster of `brokers` processes (broker.testing.LocalCluster, on its defaults)."""
+        from broker.testing import BrokerNodeError, LocalCluster
+
+        try:
+            cluster = LocalCluster(brokers, data_dir).start(BROKER_START_TIMEOUT_S)
+        except BrokerNodeError as exc:
+            raise BenchError(f"the benchmark cluster did not start: {exc}") from None
+        handle = cls(cluster.bootstrap_servers, None)
+        handle._cluster = cluster
+        return handle
 
     @classmethod
     def start(cls, data_dir: str | None = None) -> BrokerHandle:
@@ -219,9 +239,15 @@ class BrokerHandle:
         self.bootstrap = found["listen"]
 
     def cpu_s(self) -> float | None:
+        if self._cluster is not None:
+            used = [process_cpu_s(node.pid) for node in self._cluster if node.alive]
+            return None if not used or None in used else sum(used)  # type: ignore[arg-type]
         return process_cpu_s(self.pid) if self.pid else None
 
     def close(self) -> None:
+        if self._cluster is not None:
+            self._cluster.close()
+            self._cluster = None
         proc = self._proc
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -255,10 +281,12 @@ def _run_sync(args: argparse.Namespace, broker: BrokerHandle) -> dict[str, Any]:
 
 async def _run(args: argparse.Namespace, broker: BrokerHandle) -> dict[str, Any]:
     topic = args.topic or f"bench-{os.getpid()}-{int(time.time() * 1000) % 10**6}"
-    await _create_topic(broker.bootstrap, topic, args.partitions)
+    configs = {"min.insync.replicas": str(args.min_insync_replicas)} if args.min_insync_replicas else {}
+    await _create_topic(broker.bootstrap, topic, args.partitions, args.replication_factor, configs)
     result: dict[str, Any] = {
         "mode": args.bench_mode, "topic": topic, "records": args.records, "record_bytes": args.record_bytes,
-        "config": {k: getattr(args, k) for k in ("partitions", "acks", "linger_ms", "batch_bytes", "max_request_bytes",
+        "config": {k: getattr(args, k) for k in ("partitions", "replication_factor", "min_insync_replicas", "brokers",
+                                                  "acks", "linger_ms", "batch_bytes", "max_request_bytes",
                                                   "producers", "key_distribution", "api", "chunk", "fetch_bytes")},
         "broker": "started" if broker._proc is not None else broker.bootstrap,
         "load_avg_1m_before": round(os.getloadavg()[0], 2),
@@ -273,14 +301,16 @@ async def _run(args: argparse.Namespace, broker: BrokerHandle) -> dict[str, Any]
     return result
 
 
-async def _create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+async def _create_topic(bootstrap: str, topic: str, partitions: int, replication_factor: int = 1,
+                        configs: dict[str, str] | None = None) -> None:
     from client import Admin
     from client.errors import TidelogError
 
     try:
         async with Admin(bootstrap_servers=bootstrap) as admin:
             if topic not in await admin.list_topics():
-                await admin.create_topic(topic, partitions=partitions)
+                await admin.create_topic(topic, partitions=partitions, replication_factor=replication_factor,
+                                         config=configs or None)
     except TidelogError as exc:
         raise BenchError(f"cannot create topic {topic!r} on {bootstrap}: {exc}") from None
 

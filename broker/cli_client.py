@@ -1,4 +1,4 @@
-"""Client commands of the `tidelog` CLI: topics, produce, consume, cluster. They use only the SDK.
+"""Client commands of the `tidelog` CLI: topics, produce, consume, groups, cluster. They use only the SDK.
 
 Exit status: 0 on success, 1 with one line on stderr for any failure the user can act on
 (unknown topic, broker unreachable, invalid config), 2 for bad flags (argparse).
@@ -62,6 +62,14 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     consume.add_argument("--print-offset", action="store_true", help="prefix partition:offset")
     _add_common(consume)
 
+    groups = sub.add_parser("groups", help="list and describe consumer groups")
+    group_sub = groups.add_subparsers(dest="groups_command", required=True)
+    group_sub.add_parser("list", help="list groups (with members or committed offsets)")
+    describe_group = group_sub.add_parser("describe", help="state, members, assignment, committed offsets, lag")
+    describe_group.add_argument("group")
+    for parser in group_sub.choices.values():
+        _add_common(parser)
+
     cluster = sub.add_parser("cluster", help="the controller quorum and the brokers")
     cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True)
     status = cluster_sub.add_parser(
@@ -79,7 +87,8 @@ def run_client_command(args: argparse.Namespace) -> int:
     """Run one client command; map every SDK error to one line on stderr and exit 1."""
     from client.errors import TidelogError
 
-    handler = {"topics": _topics, "produce": _produce, "consume": _consume, "cluster": _cluster}[args.command]
+    handler = {"topics": _topics, "produce": _produce, "consume": _consume, "groups": _groups,
+               "cluster": _cluster}[args.command]
     try:
         return asyncio.run(handler(args))
     except (TidelogError, CliError, OSError) as exc:
@@ -212,6 +221,40 @@ def _format(record: Any, args: argparse.Namespace) -> bytes:
         parts.append(record.key if record.key is not None else b"null")
     parts.append(value)
     return b"\t".join(parts) + b"\n"
+
+
+async def _groups(args: argparse.Namespace) -> int:
+    from client import Admin
+
+    async with Admin(bootstrap_servers=args.bootstrap, request_timeout_ms=args.request_timeout_ms) as admin:
+        if args.groups_command == "list":
+            for group in await admin.list_groups():
+                print(group)
+            return 0
+        description = await admin.describe_group(args.group)
+    _print_group(description)
+    return 0
+
+
+def _print_group(group: Any) -> None:
+    print(f"group {group.group_id}  state {group.state}  generation {group.generation}  "
+          f"assignor {group.assignor or '-'}  members {len(group.members)}")
+    owner = {}
+    for member in group.members:
+        static = f"  instance {member.group_instance_id}" if member.group_instance_id else ""
+        print(f"  member {member.member_id}  client {member.client_id}  host {member.host}{static}  "
+              f"partitions {len(member.assignment)}")
+        for tp in member.assignment:
+            owner[tp] = member.member_id
+    partitions = sorted(set(group.committed) | set(owner))
+    if not partitions:
+        return
+    print(f"  {'topic':<24}{'partition':>10}{'committed':>12}{'lag':>10}  member")
+    for tp in partitions:
+        committed = group.committed.get(tp)
+        lag = group.lag.get(tp)
+        print(f"  {tp.topic:<24}{tp.partition:>10}{'-' if committed is None else committed:>12}"
+              f"{'-' if lag is None else lag:>10}  {owner.get(tp, '-')}")
 
 
 async def _cluster(args: argparse.Namespace) -> int:

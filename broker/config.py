@@ -92,6 +92,14 @@ class BrokerConfig:
     num_partitions: int = setting(1, "partitions of an auto-created topic", _positive)
     default_replication_factor: int = setting(1, "replicas of an auto-created topic", _positive)
     min_insync_replicas: int = setting(1, "fewest in-sync replicas for an acks=all write", _positive)
+    # Replication (broker/partitions.py, broker/replication/).
+    replica_lag_time_max_ms: int = setting(10_000, "a follower not caught up for this long leaves the ISR", _positive)
+    replica_fetch_wait_max_ms: int = setting(500, "how long a follower's fetch waits at the leader for new data", _positive)
+    replica_fetch_bytes_max: int = setting(8 * MiB, "record bytes a follower's fetch asks for, all partitions together", _positive)
+    replica_fetch_partition_bytes_max: int = setting(1 * MiB, "record bytes per partition in a follower's fetch (at least one batch)", _positive)
+    replica_fetch_backoff_ms: int = setting(200, "a follower's pause after a failed fetch before it tries again", _positive)
+    controlled_shutdown_timeout_ms: int = setting(10_000, "on a graceful stop, how long to wait for the controller to move this broker's leaderships away", _positive)
+    auto_leader_rebalance: bool = setting(True, "move leadership back to each partition's preferred (first) replica once it is in sync")
     # Log defaults (topics may override them).
     segment_bytes_max: int = setting(1 << 30, "roll the active segment past this size", _positive)
     segment_ms_max: int = setting(7 * 24 * 3600 * 1000, "roll the active segment past this age", _positive)
@@ -108,6 +116,13 @@ class BrokerConfig:
     raft_peer_queue_max: int = setting(1024, "Raft messages queued per peer; the oldest are dropped beyond it", _positive)
     metadata_snapshot_entries: int = setting(1000, "snapshot the metadata image and compact the Raft log every this many entries", _positive)
     broker_session_timeout_ms: int = setting(6000, "the controller fences a broker silent this long; brokers heartbeat every third of it", _positive)
+    # Consumer groups (broker/groups/: the coordinator runs on the active controller).
+    group_min_session_timeout_ms: int = setting(1000, "smallest session_timeout_ms a consumer may ask for", _positive)
+    group_max_session_timeout_ms: int = setting(300_000, "largest session_timeout_ms a consumer may ask for", _positive)
+    group_max_size: int = setting(1000, "members one group may have", _positive)
+    groups_max: int = setting(10_000, "groups with members the coordinator holds at once", _positive)
+    group_rejoin_grace_ms: int = setting(10_000, "a new coordinator hands out no partition nobody rejoined with for this long (groups with offsets)", _non_negative)
+    offset_metadata_bytes_max: int = setting(4096, "largest metadata string of one committed offset", _non_negative)
 
     @property
     def listen_host(self) -> str:
@@ -208,6 +223,9 @@ def load_config(
         if problem:
             source = values.get(name, (None, "default"))[1]
             raise ConfigError(f"setting {name} from {source}: {getattr(config, name)!r} {problem}")
+    if config.group_min_session_timeout_ms > config.group_max_session_timeout_ms:
+        raise ConfigError(f"setting group_min_session_timeout_ms ({config.group_min_session_timeout_ms}) is above "
+                          f"group_max_session_timeout_ms ({config.group_max_session_timeout_ms})")
     return config
 
 

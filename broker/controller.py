@@ -15,8 +15,17 @@ registrations) and runs a reconciliation loop every `reconcile_interval_ms`:
 - move leadership off fenced brokers: a partition whose leader is fenced gets the first live
   replica of its ISR as leader, with leader_epoch + 1; fenced followers leave the ISR; when no ISR
   member is live the partition has no leader (NO_LEADER, epoch + 1) and keeps its ISR, so the
-  first of them to come back leads again (never an out-of-sync replica: no unclean election).
-  Adding a caught-up follower back to the ISR is the replication work's (AlterPartition).
+  first of them to come back leads again (never an out-of-sync replica: unclean election is off
+  unless the topic sets unclean.leader.election.enable=true, and then it loses data);
+- move leadership back to a partition's preferred replica (the first of its replicas) once that
+  replica is live and in the ISR again (`auto_leader_rebalance`), so leaders spread out after
+  brokers return.
+
+Partition leaders change their ISR through `alter_partition` (the AlterPartition API): a follower
+that fell behind leaves, one that caught up joins. Every partition change is a compare-and-set
+record on the partition epoch it was decided from, so two changes decided from one version cannot
+both apply. A broker that registers with a new incarnation (restarted within a session) is
+treated as fenced in the same entry: it leaves every ISR and its leaderships move.
 
 Reconciliation is level-triggered: it compares the image with what should be and writes the
 difference, one write at a time (the next pass waits for the previous write to be applied), so
@@ -41,7 +50,7 @@ from storage.clock import Clock, SystemClock
 
 from broker.logging import StructuredLogger, get_logger
 from broker.metadata import NO_LEADER, MetadataImage, PartitionState, assign_replicas, new_topic_id
-from broker.partitions import TOPIC_CONFIGS, TopicConfigError, validate_topic_configs
+from broker.partitions import TOPIC_CONFIGS, UNCLEAN_ELECTION_CONFIG, TopicConfigError, validate_topic_configs
 from broker.raft.core import Role
 from broker.raft.driver import DriverStopped, ProposalLost, RaftDriver, ReadTimeout
 from broker.raft.errors import NotLeader, ProposalDropped, RaftError
@@ -60,36 +69,85 @@ class ControllerError(Exception):
 class ControllerSettings:
     session_timeout_ms: int = 6000
     reconcile_interval_ms: int = 100
+    auto_leader_rebalance: bool = True  # move leadership back to each partition's first replica
 
 
 # --- pure decisions (no I/O, tested directly) --------------------------------------------------
 
 
-def elect(partition: PartitionState, live: set[int]) -> tuple[int, int, list[int]] | None:
+def elect(partition: PartitionState, live: set[int], *, unclean: bool = False,
+          rebalance: bool = False) -> tuple[int, int, list[int]] | None:
     """The (leader, leader_epoch, isr) `partition` should have with these live brokers, or None
     when it is fine as it is. See the module docstring for the rules."""
     isr_live = [b for b in partition.isr if b in live]
     if partition.leader in live:
+        preferred = partition.replicas[0] if partition.replicas else partition.leader
+        if rebalance and preferred != partition.leader and preferred in isr_live:
+            return preferred, partition.leader_epoch + 1, isr_live  # leadership goes home
         if isr_live != partition.isr:
             return partition.leader, partition.leader_epoch, isr_live  # fenced followers leave the ISR
         return None
     if isr_live:
         leader = next(r for r in partition.replicas + isr_live if r in isr_live)  # preferred order first
         return leader, partition.leader_epoch + 1, isr_live
+    if unclean:
+        # Only when the topic allows it: an out-of-sync replica leads and whatever the lost ISR
+        # held beyond its log is gone (acknowledged records included).
+        candidates = [r for r in partition.replicas if r in live]
+        if candidates:
+            return candidates[0], partition.leader_epoch + 1, [candidates[0]]
     if partition.leader != NO_LEADER:
         return NO_LEADER, partition.leader_epoch + 1, list(partition.isr)
     return None
 
 
-def partition_changes(image: MetadataImage, live: set[int]) -> list[list]:
+def unclean_election_allowed(configs: dict[str, str]) -> bool:
+    return configs.get(UNCLEAN_ELECTION_CONFIG, "false") == "true"
+
+
+def partition_record(topic: str, state: PartitionState, leader: int, leader_epoch: int, isr: list[int]) -> list:
+    """A leader/ISR change written as a compare-and-set on the partition epoch it was decided
+    from (broker/metadata.py): if another change commits first, this one is skipped everywhere."""
+    return ["partition", topic, state.partition, leader, leader_epoch, list(isr), None, state.partition_epoch]
+
+
+def partition_changes(image: MetadataImage, live: set[int], *, rebalance: bool = False) -> list[list]:
     records = []
     for topic in image.topics.values():
+        unclean = unclean_election_allowed(topic.configs)
         for state in topic.partitions:
-            change = elect(state, live)
+            change = elect(state, live, unclean=unclean, rebalance=rebalance)
             if change is not None:
                 leader, epoch, isr = change
-                records.append(["partition", topic.name, state.partition, leader, epoch, isr])
+                records.append(partition_record(topic.name, state, leader, epoch, isr))
     return records
+
+
+def check_isr_change(state: PartitionState | None, broker_id: int, leader_epoch: int, partition_epoch: int,
+                     isr: list[int], live: set[int]) -> tuple[ErrorCode, str] | None:
+    """Why the controller refuses a leader's AlterPartition for one partition, or None.
+
+    The leader must be the partition's current leader at its current leader epoch, and must have
+    decided from the current partition epoch: a change made from an older view could re-add a
+    replica the controller just removed. A replica can join only if it is registered and not
+    fenced (a fenced broker must not become electable)."""
+    if state is None:
+        return ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, "no such partition"
+    where = f"{state.topic}-{state.partition}"
+    if state.leader != broker_id:
+        return ErrorCode.NOT_LEADER_OR_FOLLOWER, f"broker {broker_id} does not lead {where} (leader {state.leader})"
+    if leader_epoch != state.leader_epoch:
+        code = ErrorCode.FENCED_LEADER_EPOCH if leader_epoch < state.leader_epoch else ErrorCode.UNKNOWN_LEADER_EPOCH
+        return code, f"leader epoch {leader_epoch} is not {where}'s current {state.leader_epoch}"
+    if partition_epoch != state.partition_epoch:
+        return ErrorCode.INVALID_UPDATE_VERSION, (
+            f"{where} is at partition epoch {state.partition_epoch}, the change was made from {partition_epoch}")
+    if broker_id not in isr or len(set(isr)) != len(isr) or not set(isr) <= set(state.replicas):
+        return ErrorCode.INVALID_REQUEST, f"ISR {isr} must hold the leader and only replicas {state.replicas}, once each"
+    joining = [r for r in isr if r not in state.isr and r not in live]
+    if joining:
+        return ErrorCode.INELIGIBLE_REPLICA, f"replica {joining[0]} of {where} is fenced or not registered"
+    return None
 
 
 # --- the controller ------------------------------------------------------------------------------
@@ -111,6 +169,9 @@ class Controller:
         self._active_term = -1
         self._last_heartbeat_ms: dict[int, int] = {}
         self._heard: set[int] = set()  # brokers that heartbeated to this controller, this term
+        # Brokers in controlled shutdown (this term): never elected, never let back into an ISR,
+        # never unfenced, until they register again as a new process.
+        self._shutting_down: set[int] = set()
         self._pending: dict[str, asyncio.Future] = {}  # topic name -> create/delete in flight
         self._pending_registration: dict[int, tuple[str, asyncio.Future]] = {}
         self._reconcile_write: asyncio.Future | None = None
@@ -175,6 +236,7 @@ class Controller:
         now = self.clock.monotonic_ms()
         self._last_heartbeat_ms = {node_id: now for node_id in self.image.brokers}  # a full session of grace
         self._heard = set()
+        self._shutting_down = set()
         self._last_scan = None
         alone = self.driver is not None and self.driver.voters == {self.node_id}
         (self.log.debug if alone else self.log.info)(
@@ -199,6 +261,7 @@ class Controller:
         self._reconcile_write = None
         self._last_heartbeat_ms = {}
         self._heard = set()
+        self._shutting_down = set()
 
     def close(self) -> None:
         if self._reconcile_timer is not None:
@@ -385,7 +448,17 @@ class Controller:
         if pending is not None and pending[0] == incarnation:
             await asyncio.shield(pending[1])
             return
-        future = asyncio.ensure_future(self._wait(self._propose([["broker", node_id, host, port, incarnation]])))
+        records: list[list] = [["broker", node_id, host, port, incarnation]]
+        self._shutting_down.discard(node_id)
+        if current is not None and current.incarnation != incarnation and not current.fenced:
+            # A restart the controller did not notice (quicker than a session): the process that
+            # led and followed is gone with its in-memory state, and its log may have lost what
+            # was not yet on disk. So in the same entry it is treated as fenced first: it leaves
+            # every ISR and its leaderships move to in-sync replicas; it rejoins each ISR once
+            # its leader sees it caught up (and leads again through preferred-leader rebalancing).
+            live = {b.node_id for b in self.image.live_brokers()} - {node_id}
+            records.extend(partition_changes(self.image, live))
+        future = asyncio.ensure_future(self._wait(self._propose(records)))
         self._pending_registration[node_id] = (incarnation, future)
         try:
             await asyncio.shield(future)
@@ -394,6 +467,75 @@ class Controller:
                 del self._pending_registration[node_id]
         self.log.info("broker_registered", node_id=node_id, host=host, port=port, incarnation=incarnation)
         self._schedule_reconcile(0)  # partitions without a leader may have one now
+
+    async def alter_partition(self, broker_id: int, incarnation: str,
+                              changes: list[tuple[str, int, int, int, list[int]]]) -> list[tuple[ErrorCode, str | None, PartitionState | None]]:
+        """A partition leader's ISR changes: (topic, partition, leader_epoch, partition_epoch, isr)
+        each. Valid ones are committed together (compare-and-set records, see partition_record);
+        returns per change (error, message, the partition's state after it). The leader applies
+        the new ISR only from its metadata image, i.e. once committed."""
+        self._require_active()
+        broker = self.image.brokers.get(broker_id)
+        if broker is None:
+            raise ControllerError(ErrorCode.BROKER_ID_NOT_REGISTERED, f"broker {broker_id} is not registered")
+        if broker.incarnation != incarnation:
+            raise ControllerError(ErrorCode.STALE_BROKER_EPOCH,
+                                  f"broker {broker_id} registered as incarnation {broker.incarnation}, not {incarnation}")
+        live = self._electable()
+        outcomes: list[tuple[ErrorCode, str | None, PartitionState | None]] = []
+        proposed: list[tuple[int, str, int, int, list[int]]] = []  # (outcome index, topic, partition, from epoch, isr)
+        records = []
+        for topic, partition, leader_epoch, partition_epoch, isr in changes:
+            state = self.image.partition(topic, partition)
+            if state is not None and state.leader == broker_id and state.leader_epoch == leader_epoch and state.isr == isr:
+                outcomes.append((ErrorCode.NONE, None, state))  # already so (a retried request)
+                continue
+            refusal = check_isr_change(state, broker_id, leader_epoch, partition_epoch, isr, live)
+            if refusal is not None:
+                outcomes.append((refusal[0], refusal[1], state))
+                continue
+            proposed.append((len(outcomes), topic, partition, state.partition_epoch, list(isr)))
+            outcomes.append((ErrorCode.NONE, None, state))
+            records.append(partition_record(topic, state, state.leader, state.leader_epoch, isr))
+        if records:
+            await self._wait(self._propose(records))
+        for index, topic, partition, from_epoch, isr in proposed:
+            state = self.image.partition(topic, partition)
+            if state is None or state.partition_epoch != from_epoch + 1 or state.isr != isr:
+                outcomes[index] = (ErrorCode.INVALID_UPDATE_VERSION,
+                                   "another change to the partition committed first", state)
+            else:
+                outcomes[index] = (ErrorCode.NONE, None, state)
+                self.log.info("isr_changed", topic=topic, partition=partition, leader=broker_id, isr=",".join(map(str, isr)))
+        return outcomes
+
+    def _electable(self) -> set[int]:
+        """Registered, unfenced brokers not shutting down: those that may lead or join an ISR."""
+        return {b.node_id for b in self.image.live_brokers()} - self._shutting_down
+
+    async def controlled_shutdown(self, broker_id: int, incarnation: str) -> int:
+        """A broker stopping gracefully: in one entry, its leaderships move to other in-sync
+        replicas, it leaves every ISR, and it is fenced, so clients fail over while it still
+        answers (NOT_LEADER_OR_FOLLOWER sends them to the new leader) instead of timing out on
+        a dead one. Returns the partitions it still leads (no other in-sync replica)."""
+        self._require_active()
+        broker = self.image.brokers.get(broker_id)
+        if broker is None:
+            raise ControllerError(ErrorCode.BROKER_ID_NOT_REGISTERED, f"broker {broker_id} is not registered")
+        if broker.incarnation != incarnation:
+            raise ControllerError(ErrorCode.STALE_BROKER_EPOCH,
+                                  f"broker {broker_id} registered as incarnation {broker.incarnation}, not {incarnation}")
+        first = broker_id not in self._shutting_down
+        self._shutting_down.add(broker_id)
+        records = partition_changes(self.image, self._electable())
+        if not broker.fenced:
+            records.append(["fence", broker_id, True])
+        if records:
+            await self._wait(self._propose(records))
+        remaining = sum(1 for t in self.image.topics.values() for p in t.partitions if p.leader == broker_id)
+        if first:
+            self.log.info("broker_controlled_shutdown", node_id=broker_id, partitions_remaining=remaining)
+        return remaining
 
     def heartbeat(self, node_id: int, incarnation: str) -> bool:
         """A registered broker is alive. Returns whether it is fenced (then it will be unfenced)."""
@@ -460,15 +602,15 @@ class Controller:
                 records.append(["fence", broker.node_id, True])
                 fenced.add(broker.node_id)
                 self.log.warning("broker_fenced", node_id=broker.node_id, silent_ms=now_ms - last, session_timeout_ms=timeout)
-            elif broker.fenced and alive and broker.node_id in self._heard:
+            elif broker.fenced and alive and broker.node_id in self._heard and broker.node_id not in self._shutting_down:
                 records.append(["fence", broker.node_id, False])
                 fenced.discard(broker.node_id)
                 self.log.info("broker_unfenced", node_id=broker.node_id)
         scan_key = (image.applied_records, frozenset(fenced))
         if scan_key != self._last_scan or records:
             self._last_scan = scan_key
-            live = set(image.brokers) - fenced
-            records.extend(partition_changes(image, live))
+            live = set(image.brokers) - fenced - self._shutting_down
+            records.extend(partition_changes(image, live, rebalance=self.settings.auto_leader_rebalance))
         return records
 
     def _start_reconcile_write(self, records: list[list]) -> None:
@@ -483,3 +625,17 @@ class Controller:
                 self.log.debug("reconcile_write_failed", detail=str(f.exception()))
 
         future.add_done_callback(done)
+
+    # ---- consumer groups (active controller; broker/groups/coordinator.py) ----------------------
+
+    @property
+    def active_term(self) -> int:
+        """The Raft term this node is the active controller in, -1 when it is not. The group
+        coordinator starts afresh whenever this changes (members rejoin; offsets are in the image)."""
+        return self._active_term if self.active else -1
+
+    async def commit_group_records(self, records: list[list]) -> None:
+        """Commit group records (["offset_commit", ...], ["delete_group", ...]); returns once they
+        are committed by a majority and applied here. Records proposed in one loop iteration share
+        one Raft entry, so many members committing at once cost one append and one fsync."""
+        await self._wait(self._propose(records))

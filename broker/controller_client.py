@@ -38,7 +38,8 @@ from broker.controller import Controller, ControllerError
 from broker.logging import StructuredLogger, get_logger
 from broker.raft.driver import RaftDriver
 
-CONTROLLER_APIS = (ApiKey.BROKER_REGISTRATION, ApiKey.BROKER_HEARTBEAT, ApiKey.CREATE_TOPICS)
+CONTROLLER_APIS = (ApiKey.BROKER_REGISTRATION, ApiKey.BROKER_HEARTBEAT, ApiKey.CREATE_TOPICS, ApiKey.ALTER_PARTITION,
+                   ApiKey.CONTROLLED_SHUTDOWN)
 FORWARDS_MAX = 64  # auto-creations forwarded to the controller at once; more answer LEADER_NOT_AVAILABLE only
 USE_BROKER_DEFAULT = -1
 

@@ -15,10 +15,17 @@ accept records without them):
           ISR = replicas
     ["delete_topic", name]
     ["topic_config", name, configs]                                 a topic's configs, the full new dict
-    ["partition", name, partition, leader, leader_epoch, isr, replicas?]   leader/ISR change
-          (replicas: optional; absent = unchanged)
+    ["partition", name, partition, leader, leader_epoch, isr, replicas?, expected_partition_epoch?]
+          leader/ISR change (replicas: optional, absent or None = unchanged). Every applied
+          change adds 1 to the partition's `partition_epoch` (derived, not stored in the record:
+          every broker applies the same log, so every image counts the same). With
+          expected_partition_epoch the record is a compare-and-set: it is skipped, on every
+          broker alike, unless the partition is still at that epoch. The controller writes every
+          change this way, so an ISR change validated against one version can never undo a
+          leader election committed just before it (two writes raced in one Raft entry).
     ["offset_commit", group, topic, partition, offset, metadata]    a group's committed offset
-          (the shape only: consumer groups land later)
+          (written by the group coordinator, broker/groups/; offset -1 removes the entry)
+    ["delete_group", group]                                         drop every committed offset of a group
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ class PartitionState:
     leader: int
     leader_epoch: int
     isr: list[int]
+    partition_epoch: int = 0  # +1 per applied leader/ISR/replicas change (see the module docstring)
 
 
 @dataclass(slots=True)
@@ -110,14 +118,22 @@ class MetadataImage:
             topic = self.topics.get(name)
             if topic is not None and index < len(topic.partitions):
                 state = topic.partitions[index]
-                state.leader, state.leader_epoch, state.isr = leader, leader_epoch, list(isr)
-                if len(record) > 6 and record[6] is not None:
-                    state.replicas = list(record[6])
+                expected = record[7] if len(record) > 7 else None
+                if expected is None or expected == state.partition_epoch:
+                    state.leader, state.leader_epoch, state.isr = leader, leader_epoch, list(isr)
+                    if len(record) > 6 and record[6] is not None:
+                        state.replicas = list(record[6])
+                    state.partition_epoch += 1
         elif kind == "cluster":
             self.cluster_id = record[1]
         elif kind == "offset_commit":
             _, group, topic, partition, offset, metadata = record[:6]
-            self.offsets.setdefault(group, {})[(topic, partition)] = CommittedOffset(offset, metadata)
+            if offset < 0:
+                self.offsets.get(group, {}).pop((topic, partition), None)
+            else:
+                self.offsets.setdefault(group, {})[(topic, partition)] = CommittedOffset(offset, metadata)
+        elif kind == "delete_group":
+            self.offsets.pop(record[1], None)
         else:
             raise ValueError(f"unknown metadata record kind {kind!r}")
         self.applied_records += 1
@@ -143,7 +159,8 @@ class MetadataImage:
                         for b in sorted(self.brokers.values(), key=lambda b: b.node_id)],
             "topics": [
                 [t.name, t.topic_id, t.replication_factor, t.configs,
-                 [[p.partition, p.replicas, p.leader, p.leader_epoch, p.isr] for p in t.partitions]]
+                 [[p.partition, p.replicas, p.leader, p.leader_epoch, p.isr, p.partition_epoch]
+                  for p in t.partitions]]
                 for t in self.topics.values()
             ],
             "offsets": [[group, topic, partition, o.offset, o.metadata]
@@ -162,8 +179,9 @@ class MetadataImage:
             image.brokers[node_id] = BrokerState(node_id, host, port, incarnation, fenced)
         for name, topic_id, factor, configs, partitions in snap["topics"]:
             image.topics[name] = TopicState(name, topic_id, factor, dict(configs), [
-                PartitionState(name, index, list(replicas), leader, epoch, list(isr))
-                for index, replicas, leader, epoch, isr in partitions
+                PartitionState(name, row[0], list(row[1]), row[2], row[3], list(row[4]),
+                               row[5] if len(row) > 5 else 0)  # snapshots before partition epochs: 0
+                for row in partitions
             ])
         for group, topic, partition, offset, metadata in snap["offsets"]:
             image.offsets.setdefault(group, {})[(topic, partition)] = CommittedOffset(offset, metadata)

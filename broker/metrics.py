@@ -260,6 +260,19 @@ class BrokerCollector(Collector):
         yield GaugeMetricFamily("tidelog_under_replicated_partitions", "partitions led here whose ISR is smaller than the replica set (Kafka UnderReplicatedPartitions)", value=under)
         yield GaugeMetricFamily("tidelog_offline_partitions", "partitions in the cluster with no live leader, as this broker's metadata image sees them (Kafka OfflinePartitionsCount)", value=offline)
         yield GaugeMetricFamily("tidelog_stray_partitions", "logs on disk the metadata does not assign here (kept, see the log)", value=len(replicas.strays))
+        yield CounterMetricFamily("tidelog_isr_shrinks", "committed ISR shrinks of partitions led here (Kafka IsrShrinksPerSec)", value=replicas.isr_shrinks)
+        yield CounterMetricFamily("tidelog_isr_expands", "committed ISR expansions of partitions led here (Kafka IsrExpandsPerSec)", value=replicas.isr_expands)
+        fetchers = replicas.fetchers
+        if fetchers is not None:
+            lag = GaugeMetricFamily("tidelog_replica_lag_records", "a follower's distance to its leader's high watermark as last heard (Kafka ConsumerLag of replica fetchers)", labels=labels)
+            for (topic, index), partition in sorted(replicas.partitions.items()):
+                if partition.leader_state is None and partition.leader >= 0:
+                    lag.add_metric([topic, str(index)], max(0, partition.leader_high_watermark - partition.log.log_end_offset))
+            yield lag
+            failures = CounterMetricFamily("tidelog_replica_fetch_errors", "failed fetches of this broker's follower fetchers", labels=["leader"])
+            for leader, fetcher in sorted(fetchers.fetchers().items()):
+                failures.add_metric([str(leader)], fetcher.errors)
+            yield failures
 
 
 def partition_health(image: Any, node_id: int) -> tuple[int, int, int]:
@@ -304,6 +317,9 @@ class BrokerMetrics:
         self.ready_checks: list[Callable[[], str | None]] = []
         self.collector = BrokerCollector(broker, self.observer, lambda: self.not_ready_reason() is None)
         self.registry.register(self.collector)
+        from broker.groups.lag import group_lag_families
+
+        self.collector.extra.append(lambda: group_lag_families(broker))  # consumer lag (broker/groups/lag.py)
         if process:  # process_* (memory, CPU, open fds): only where one broker owns the process
             from prometheus_client import ProcessCollector
 

@@ -1,37 +1,52 @@
-"""The replica manager: every partition log this broker hosts, and their state.
+"""The replica manager: every partition log this broker hosts, and their replica state.
 
-`ReplicaManager` owns the storage `LogManager` and, per hosted partition, a `Partition`
-(log, leader epoch, high watermark, ISR, topic limits). It follows the metadata image:
-`apply_image` opens or creates the log of every partition assigned to this node and deletes
-the logs of partitions that left the image (topic deleted). Handlers call it to append,
-read and list offsets; it wakes the fetch purgatory on every append and advances the acks=all
-waiting room whenever a high watermark moves.
+`ReplicaManager` owns the storage `LogManager` and, per hosted partition, a `Partition` (log,
+leader epoch, high watermark, topic limits). It follows the metadata image: `apply_image` opens
+or creates the log of every partition assigned to this node, deletes the logs of partitions that
+left the image (topic deleted), and makes this broker the leader or a follower of each.
 
-On one node the ISR is {leader}, so the high watermark is the log end offset right after each
-append. With replication, followers' fetches will report their log end offsets and
-`_advance_high_watermark` will take the minimum over the ISR instead; nothing else changes.
+Leader. A partition this broker leads has a `LeaderPartitionState` (broker/replication/
+leader_state.py: the pure ISR and high-watermark rules). Appends report the new log end offset
+to it, followers' fetches report theirs (`read_for_fetch` with a replica id), and the high
+watermark it computes (the minimum log end offset over the ISR) is what consumers may read up
+to and what the acks=all waiting room waits for. ISR changes it proposes (a follower fell
+behind for `replica_lag_time_max_ms`, or caught up) go to the controller through `isr_changes`
+(AlterPartition); the leader acts on a new ISR only when the committed change reaches its image.
+On one node the ISR is {leader} and the high watermark follows each append at once.
 
-In a cluster every replica of a partition creates its (empty) log when the image assigns it,
-leader or follower; until follower replication lands only the leader's log receives data, so
-a replication factor above 1 places replicas but does not yet copy records. A partition is
-recreated from scratch when the image names it with a new topic id (deleted and created
-again while this broker was away).
+Follower. A partition led elsewhere is handed to `fetchers` (broker/replication/fetcher.py:
+one fetcher task per leader broker), which first truncates a divergent suffix (KIP-101:
+OffsetsForLeaderEpoch) and then appends the leader's batches at the leader's offsets through
+`append_as_follower`. Followers serve no consumer reads: Fetch and ListOffsets answer
+NOT_LEADER_OR_FOLLOWER there, so a consumer always reads from the replica that defines the
+high watermark.
 
-Background work: retention every `retention_check_interval_ms`, and the `flush_ms` policy
-(when set), each one asyncio task, cancelled on stop.
+A partition is recreated from scratch when the image names it with a new topic id (deleted
+and created again while this broker was away).
+
+Background work: retention every `retention_check_interval_ms`, the `flush_ms` policy (when
+set), and the ISR expiry check every `replica_lag_time_max_ms / 2`, each one asyncio task,
+cancelled on stop.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from client.protocol import records
 from client.protocol.errors import ErrorCode
 from client.protocol.limits import RECORDS_PER_BATCH_MAX
-from client.protocol.messages import ACKS_ALL, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP, NO_OFFSET, NO_TIMESTAMP
+from client.protocol.messages import (
+    ACKS_ALL,
+    EARLIEST_TIMESTAMP,
+    LATEST_TIMESTAMP,
+    NO_LEADER_EPOCH,
+    NO_OFFSET,
+    NO_TIMESTAMP,
+)
 from storage.clock import Clock, SystemClock
 from storage.config import LogConfig, LogConfigError
 from storage.errors import OffsetOutOfRangeError, StorageError
@@ -40,6 +55,7 @@ from broker.config import BrokerConfig
 from broker.logging import StructuredLogger, get_logger
 from broker.metadata import MetadataImage
 from broker.purgatory import FetchPurgatory, HighWatermarkWaiters
+from broker.replication.leader_state import IsrProposal, LeaderPartitionState, Outcome
 
 PartitionKey = tuple[str, int]
 
@@ -80,8 +96,10 @@ TOPIC_CONFIGS: dict[str, tuple[str | None, int]] = {
     "max.message.bytes": ("batch_bytes_max", records.HEADER_BYTES),
     "min.insync.replicas": (None, 1),
     "cleanup.policy": (None, 0),
+    "unclean.leader.election.enable": (None, 0),
 }
 CLEANUP_POLICIES = ("delete",)  # "compact" is not implemented yet
+UNCLEAN_ELECTION_CONFIG = "unclean.leader.election.enable"
 
 
 def validate_topic_configs(configs: dict[str, str], replication_factor: int) -> None:
@@ -92,6 +110,10 @@ def validate_topic_configs(configs: dict[str, str], replication_factor: int) -> 
         if key == "cleanup.policy":
             if text not in CLEANUP_POLICIES:
                 raise TopicConfigError(f"config cleanup.policy={text!r} is not supported (only 'delete')")
+            continue
+        if key == UNCLEAN_ELECTION_CONFIG:
+            if text not in ("true", "false"):
+                raise TopicConfigError(f"config {key}={text!r} must be true or false")
             continue
         value = _int_value(key, text, TOPIC_CONFIGS[key][1])
         if key == "min.insync.replicas" and value > replication_factor:
@@ -134,7 +156,11 @@ def log_config_for(defaults: LogConfig, configs: dict[str, str]) -> LogConfig:
 
 @dataclass(slots=True)
 class Partition:
-    """One hosted partition: its log and the replica state from the metadata image."""
+    """One hosted partition: its log and its replica state from the metadata image.
+
+    `leader_state` is set exactly while this broker leads the partition at `leader_epoch`; on
+    a follower `high_watermark` is the leader's as of the last fetch (capped at the local log
+    end), and 0 until the first one."""
 
     topic: str
     index: int
@@ -146,6 +172,10 @@ class Partition:
     batch_bytes_max: int
     min_insync_replicas: int
     topic_id: str = ""
+    replicas: list[int] = field(default_factory=list)
+    partition_epoch: int = 0
+    leader_state: LeaderPartitionState | None = None
+    leader_high_watermark: int = 0  # on a follower: the leader's, as its last fetch answer said
 
     @property
     def key(self) -> PartitionKey:
@@ -170,6 +200,34 @@ class FetchRead:
     records: Any = b""  # bytes-like: one pread of whole stored batches
 
 
+@dataclass(frozen=True, slots=True)
+class FollowerPosition:
+    """What a follower's fetcher needs to build its next request for one partition."""
+
+    leader: int
+    leader_epoch: int
+    log_end_offset: int
+    last_leader_epoch: int | None
+    high_watermark: int
+
+
+def replica_fetch_key(key: PartitionKey) -> tuple[str, str, int]:
+    """The fetch-purgatory key followers' fetches park under: woken by appends, whereas
+    consumers park under the partition key and are woken by high-watermark moves."""
+    return ("replica", key[0], key[1])
+
+
+def _epoch_error(partition: Partition, current_leader_epoch: int) -> ErrorCode | None:
+    """A request naming a leader epoch must name this broker's current one: an older one means
+    the sender missed a leader change (FENCED_LEADER_EPOCH), a newer one that this broker has
+    not applied it yet (UNKNOWN_LEADER_EPOCH). Both are retriable after a metadata refresh."""
+    if current_leader_epoch == NO_LEADER_EPOCH or current_leader_epoch == partition.leader_epoch:
+        return None
+    if current_leader_epoch < partition.leader_epoch:
+        return ErrorCode.FENCED_LEADER_EPOCH
+    return ErrorCode.UNKNOWN_LEADER_EPOCH
+
+
 class ReplicaManager:
     """See the module docstring."""
 
@@ -192,6 +250,12 @@ class ReplicaManager:
         self.fetch_purgatory = FetchPurgatory()
         self.acks_waiters = HighWatermarkWaiters()
         self._tasks: list[asyncio.Task] = []
+        # Set by the broker: where followed partitions are fetched from, and where ISR changes go.
+        self.fetchers: Any = None  # broker.replication.fetcher.ReplicaFetchers
+        self.isr_changes: Any = None  # broker.replication.isr_changes.IsrChangeSender
+        self.isr_shrinks = 0
+        self.isr_expands = 0
+        self._image_waiters: list[asyncio.Future] = []
 
     # --- following the metadata image ---------------------------------------------------------
 
@@ -215,6 +279,10 @@ class ReplicaManager:
                     self._follow_partition(key, state, log_config, min_insync, topic.topic_id)
         for key in [key for key in self.partitions if key not in wanted]:
             self._remove(key)
+        waiters, self._image_waiters = self._image_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
         if first:
             self.strays = {key for key in self.logs.partitions() if key not in wanted}
             for topic_name, index in sorted(self.strays):
@@ -227,44 +295,109 @@ class ReplicaManager:
         if partition is not None and partition.topic_id != topic_id:
             self._remove(key)  # the topic was deleted and created again: the old bytes are not its history
             partition = None
-        if partition is not None:
-            partition.leader, partition.leader_epoch, partition.isr = state.leader, state.leader_epoch, list(state.isr)
+        if partition is None:
+            if key in self.strays:  # a new topic reuses a stray's name: the stray is not its history
+                self.strays.discard(key)
+                self.logs.delete(*key)
+                self.log.info("stray_partition_deleted", topic=key[0], partition=key[1])
+            log = self.logs.get(*key) or self.logs.create(key[0], key[1], log_config)
+            if log.config != log_config:
+                log.update_config(log_config)  # opened from disk with the broker defaults
+            partition = Partition(key[0], key[1], log, state.leader, -1, [], 0, log_config.batch_bytes_max,
+                                  min_insync, topic_id)
+            self.partitions[key] = partition
+        else:
             self._follow_config(partition, log_config, min_insync)
-            self._advance_high_watermark(partition)
+        self._follow_replica_state(partition, state)
+
+    def _follow_replica_state(self, partition: Partition, state: Any) -> None:
+        """Become (or stay) leader or follower as the image says."""
+        epoch_changed = state.leader_epoch != partition.leader_epoch
+        partition.leader, partition.isr = state.leader, list(state.isr)
+        partition.replicas = list(state.replicas)
+        partition.leader_epoch = state.leader_epoch
+        partition_epoch_changed = state.partition_epoch != partition.partition_epoch
+        partition.partition_epoch = state.partition_epoch
+        if state.leader == self.node_id:
+            if partition.leader_state is None or epoch_changed:
+                self._become_leader(partition)
+            elif partition_epoch_changed:
+                self._isr_committed(partition)
             return
-        if key in self.strays:  # a new topic reuses a stray's name: the stray is not its history
-            self.strays.discard(key)
-            self.logs.delete(*key)
-            self.log.info("stray_partition_deleted", topic=key[0], partition=key[1])
-        log = self.logs.get(*key) or self.logs.create(key[0], key[1], log_config)
-        if log.config != log_config:
-            log.update_config(log_config)  # opened from disk with the broker defaults
-        self.partitions[key] = Partition(
-            key[0], key[1], log, state.leader, state.leader_epoch, list(state.isr),
-            log.log_end_offset, log_config.batch_bytes_max, min_insync, topic_id,
+        if partition.leader_state is not None:
+            self._stop_leading(partition, f"node {state.leader} leads from epoch {state.leader_epoch}")
+        if self.fetchers is not None:
+            if state.leader >= 0:
+                self.fetchers.follow(partition.key, state.leader, state.leader_epoch)
+            else:
+                self.fetchers.unfollow(partition.key)
+
+    def _become_leader(self, partition: Partition) -> None:
+        """Lead `partition` from its log end: the high watermark starts where this replica last
+        knew it (never above its log end) and moves once every ISR member has fetched."""
+        if self.fetchers is not None:
+            self.fetchers.unfollow(partition.key)
+        if partition.leader_state is not None:
+            self.acks_waiters.drop(partition.key)  # an older epoch's waiters: their fate is unknown here
+        end = partition.log.log_end_offset
+        now_ms = self.clock.monotonic_ms()
+        isr = partition.isr if self.node_id in partition.isr else [self.node_id]
+        state = LeaderPartitionState(
+            partition.replicas or [self.node_id], isr, self.node_id, partition.leader_epoch, end,
+            min(partition.high_watermark, end), self.config.replica_lag_time_max_ms, partition.min_insync_replicas,
+            now_ms, partition.partition_epoch,
         )
+        partition.leader_state = state
+        changes = state.on_leader_append(end)  # with ISR = {leader} the HW is the log end at once
+        partition.high_watermark = changes.high_watermark
+        self.log.info("became_leader", topic=partition.topic, partition=partition.index, leader_epoch=partition.leader_epoch,
+                      log_end_offset=end, high_watermark=partition.high_watermark, isr=",".join(map(str, partition.isr)))
+
+    def _stop_leading(self, partition: Partition, reason: str) -> None:
+        partition.leader_state = None
+        # acks=all writes still waiting were not replicated in time; under the new leader they
+        # may or may not survive, so their producers get a retriable error and send again.
+        self.acks_waiters.drop(partition.key)
+        self.fetch_purgatory.notify(partition.key)
+        self.fetch_purgatory.notify(replica_fetch_key(partition.key))
+        self.log.info("stopped_leading", topic=partition.topic, partition=partition.index, detail=reason)
+
+    def _isr_committed(self, partition: Partition) -> None:
+        state = partition.leader_state
+        before = set(state.isr)
+        changes = state.on_isr_committed(partition.isr, partition.leader_epoch, partition.partition_epoch)
+        if changes.outcome is Outcome.APPLIED:
+            after = set(partition.isr)
+            self.isr_shrinks += bool(before - after)
+            self.isr_expands += bool(after - before)
+            if changes.high_watermark_moved:
+                self._high_watermark_moved(partition, changes.high_watermark)
 
     def _follow_config(self, partition: Partition, log_config: LogConfig, min_insync: int) -> None:
         """A topic's configs changed (AlterTopicConfigs): the log takes the new settings at once."""
         partition.min_insync_replicas = min_insync
         partition.batch_bytes_max = log_config.batch_bytes_max
+        if partition.leader_state is not None:
+            partition.leader_state.min_insync_replicas = min_insync
         if partition.log.config != log_config:
             partition.log.update_config(log_config)
             self.log.info("partition_config_updated", topic=partition.topic, partition=partition.index)
 
     def _remove(self, key: PartitionKey) -> None:
-        self.partitions.pop(key)
+        partition = self.partitions.pop(key)
+        partition.leader_state = None
+        if self.fetchers is not None:
+            self.fetchers.unfollow(key)
         self.acks_waiters.drop(key)
         self.fetch_purgatory.notify(key)  # parked fetches re-read and answer UNKNOWN_TOPIC_OR_PARTITION
+        self.fetch_purgatory.notify(replica_fetch_key(key))
         self.logs.delete(*key)
         self.log.info("partition_deleted", topic=key[0], partition=key[1])
 
-    def _advance_high_watermark(self, partition: Partition) -> None:
-        """On one node (ISR = {leader}) the high watermark is the log end offset."""
-        end = partition.log.log_end_offset
-        if end != partition.high_watermark:
-            partition.high_watermark = end
-            self.acks_waiters.advance(partition.key, end)
+    def _high_watermark_moved(self, partition: Partition, high_watermark: int) -> None:
+        partition.high_watermark = high_watermark
+        self.acks_waiters.advance(partition.key, high_watermark)
+        self.fetch_purgatory.notify(partition.key)  # consumers parked for records below it
 
     # --- produce -------------------------------------------------------------------------------
 
@@ -273,12 +406,14 @@ class ReplicaManager:
         partition = self.partitions.get((topic, index))
         if partition is None:
             return AppendOutcome(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"{topic}-{index} is not hosted here")
-        if partition.leader != self.node_id:
+        state = partition.leader_state
+        if state is None:
             return AppendOutcome(ErrorCode.NOT_LEADER_OR_FOLLOWER, f"node {partition.leader} leads {topic}-{index}")
-        if required_acks == ACKS_ALL and len(partition.isr) < partition.min_insync_replicas:
+        if required_acks == ACKS_ALL and not state.can_accept_acks_all():
+            # Only the committed ISR counts: a proposed expansion promises nothing yet.
             return AppendOutcome(
                 ErrorCode.NOT_ENOUGH_REPLICAS,
-                f"{len(partition.isr)} in-sync replicas, min.insync.replicas is {partition.min_insync_replicas}",
+                f"{len(state.isr)} in-sync replicas, min.insync.replicas is {state.min_insync_replicas}",
             )
         try:
             info = records.validate_batches(data, partition.batch_bytes_max)
@@ -297,40 +432,72 @@ class ReplicaManager:
             code = getattr(exc, "error_code_name", "STORAGE_ERROR")
             self.log.error("append_failed", topic=topic, partition=index, error=type(exc).__name__, detail=str(exc))
             return AppendOutcome(ErrorCode[code], str(exc))
-        self._advance_high_watermark(partition)
-        self.fetch_purgatory.notify(partition.key)
+        changes = state.on_leader_append(appended.last_offset + 1)
+        if changes.high_watermark_moved:
+            self._high_watermark_moved(partition, changes.high_watermark)
+        if state.followers:
+            self.fetch_purgatory.notify(replica_fetch_key(partition.key))
         return AppendOutcome(
             ErrorCode.NONE, None, appended.first_offset, appended.last_offset + 1,
             appended.log_append_time_ms, partition.log.log_start_offset,
         )
 
-    async def wait_for_high_watermark(self, key: PartitionKey, offset: int, timeout_s: float) -> bool:
-        """The acks=all waiting room: True once the high watermark of `key` reaches `offset`."""
+    async def wait_for_high_watermark(self, key: PartitionKey, offset: int, timeout_s: float) -> ErrorCode:
+        """The acks=all waiting room: NONE once the high watermark of `key` reaches `offset`;
+        NOT_LEADER_OR_FOLLOWER if leadership moved meanwhile; REQUEST_TIMED_OUT otherwise."""
         partition = self.partitions.get(key)
-        if partition is None:
-            return False
-        return await self.acks_waiters.wait_for(key, offset, partition.high_watermark, timeout_s)
+        if partition is None or partition.leader_state is None:
+            return ErrorCode.NOT_LEADER_OR_FOLLOWER
+        state = partition.leader_state
+        if await self.acks_waiters.wait_for(key, offset, partition.high_watermark, timeout_s):
+            return ErrorCode.NONE
+        now = self.partitions.get(key)
+        if now is None or now.leader_state is not state:
+            return ErrorCode.NOT_LEADER_OR_FOLLOWER
+        return ErrorCode.REQUEST_TIMED_OUT
 
     # --- fetch and offsets -----------------------------------------------------------------------
 
     def read_for_fetch(
-        self, topic: str, index: int, offset: int, max_bytes: int, min_one_batch: bool, replica_id: int = -1
+        self, topic: str, index: int, offset: int, max_bytes: int, min_one_batch: bool, replica_id: int = -1,
+        current_leader_epoch: int = NO_LEADER_EPOCH,
     ) -> FetchRead:
-        """Whole batches from `offset` below the high watermark, at most max_bytes unless
-        min_one_batch (then at least one whole batch). `replica_id` is where a follower's fetch
-        will report its progress to the ISR logic; consumers pass -1."""
+        """Whole batches from `offset`, at most max_bytes unless min_one_batch (then at least
+        one whole batch). Consumers (replica_id -1) read below the high watermark; a follower
+        (replica_id = its node id) reads up to the log end and its fetch offset reports its
+        progress to the ISR rules."""
         partition = self.partitions.get((topic, index))
         if partition is None:
             return FetchRead(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
+        state = partition.leader_state
+        if state is None:
+            return FetchRead(ErrorCode.NOT_LEADER_OR_FOLLOWER)
+        epoch_error = _epoch_error(partition, current_leader_epoch)
+        if epoch_error is not None:
+            return FetchRead(epoch_error)
         log = partition.log
-        high_watermark = partition.high_watermark
         start = log.log_start_offset
-        if offset < start or offset > log.log_end_offset:
-            return FetchRead(ErrorCode.OFFSET_OUT_OF_RANGE, high_watermark, start)
-        if offset >= high_watermark or (max_bytes <= 0 and not min_one_batch):
+        end = log.log_end_offset
+        if offset < start or offset > end:
+            return FetchRead(ErrorCode.OFFSET_OUT_OF_RANGE, partition.high_watermark, start)
+        if replica_id >= 0:
+            if current_leader_epoch == NO_LEADER_EPOCH:
+                return FetchRead(ErrorCode.INVALID_REQUEST)  # a follower's fetch must name its epoch
+            changes = state.on_follower_fetch(replica_id, offset, current_leader_epoch, self.clock.monotonic_ms())
+            if changes.outcome is Outcome.NOT_A_REPLICA:
+                return FetchRead(ErrorCode.NOT_LEADER_OR_FOLLOWER)
+            if changes.high_watermark_moved:
+                self._high_watermark_moved(partition, changes.high_watermark)
+            if changes.isr_proposal is not None:
+                self._propose_isr(partition, changes.isr_proposal)
+            limit = None
+        else:
+            limit = partition.high_watermark
+        high_watermark = partition.high_watermark
+        if (limit is not None and offset >= limit) or offset >= end or (max_bytes <= 0 and not min_one_batch):
             return FetchRead(ErrorCode.NONE, high_watermark, start)
         try:
-            piece = log.read(offset, max_bytes, max_offset=high_watermark)  # at least one whole batch
+            piece = log.read(offset, max_bytes, max_offset=limit)  # at least one whole batch
         except OffsetOutOfRangeError:
             return FetchRead(ErrorCode.OFFSET_OUT_OF_RANGE, high_watermark, log.log_start_offset)
         if piece.length_bytes == 0 or (piece.length_bytes > max_bytes and not min_one_batch):
@@ -338,12 +505,23 @@ class ReplicaManager:
         data = piece.read_bytes()
         return FetchRead(ErrorCode.NONE, high_watermark, start, data)
 
-    def list_offset(self, topic: str, index: int, timestamp: int) -> tuple[ErrorCode, int, int]:
-        """(error, timestamp, offset) for ListOffsets."""
+    def list_offset(self, topic: str, index: int, timestamp: int,
+                    current_leader_epoch: int = NO_LEADER_EPOCH) -> tuple[ErrorCode, int, int]:
+        """(error, timestamp, offset) for ListOffsets, answered by the leader only."""
         partition = self.partitions.get((topic, index))
         if partition is None:
             return ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, NO_TIMESTAMP, NO_OFFSET
+        state = partition.leader_state
+        if state is None:
+            return ErrorCode.NOT_LEADER_OR_FOLLOWER, NO_TIMESTAMP, NO_OFFSET
+        epoch_error = _epoch_error(partition, current_leader_epoch)
+        if epoch_error is not None:
+            return epoch_error, NO_TIMESTAMP, NO_OFFSET
         if timestamp == LATEST_TIMESTAMP:
+            if partition.high_watermark < state.leader_epoch_start_offset:
+                # A new leader's high watermark starts below what the previous leader may have
+                # exposed; answering it would move consumers backwards (KIP-207). Retriable.
+                return ErrorCode.OFFSET_NOT_AVAILABLE, NO_TIMESTAMP, NO_OFFSET
             return ErrorCode.NONE, NO_TIMESTAMP, partition.high_watermark
         if timestamp == EARLIEST_TIMESTAMP:
             return ErrorCode.NONE, NO_TIMESTAMP, partition.log.log_start_offset
@@ -353,6 +531,142 @@ class ReplicaManager:
         if offset is None or offset >= partition.high_watermark:
             return ErrorCode.NONE, NO_TIMESTAMP, NO_OFFSET
         return ErrorCode.NONE, timestamp, offset
+
+    def end_offset_for_epoch(self, topic: str, index: int, current_leader_epoch: int,
+                             leader_epoch: int) -> tuple[ErrorCode, int, int]:
+        """OffsetsForLeaderEpoch, on the leader: (error, largest epoch <= `leader_epoch` in this
+        log, the offset where it ended). The asker must name this leader's current epoch, so the
+        answer is never taken from a deposed leader's log."""
+        partition = self.partitions.get((topic, index))
+        if partition is None:
+            return ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, NO_LEADER_EPOCH, NO_OFFSET
+        if partition.leader_state is None:
+            return ErrorCode.NOT_LEADER_OR_FOLLOWER, NO_LEADER_EPOCH, NO_OFFSET
+        epoch_error = _epoch_error(partition, current_leader_epoch)
+        if epoch_error is not None:
+            return epoch_error, NO_LEADER_EPOCH, NO_OFFSET
+        if leader_epoch == partition.leader_epoch:
+            # This leader's own epoch has not ended: it runs to the log end (its entry in the
+            # epoch cache appears only with its first append).
+            return ErrorCode.NONE, leader_epoch, partition.log.log_end_offset
+        epoch, end = partition.log.end_offset_for_epoch(leader_epoch)
+        return ErrorCode.NONE, epoch, end
+
+    # --- followers -----------------------------------------------------------------------------
+
+    def follower_position(self, key: PartitionKey) -> FollowerPosition | None:
+        """None when this broker no longer follows `key` (it leads, or the partition left)."""
+        partition = self.partitions.get(key)
+        if partition is None or partition.leader_state is not None or partition.leader < 0:
+            return None
+        log = partition.log
+        return FollowerPosition(partition.leader, partition.leader_epoch, log.log_end_offset, log.last_leader_epoch,
+                                partition.high_watermark)
+
+    def _following(self, key: PartitionKey, leader_epoch: int) -> Partition | None:
+        partition = self.partitions.get(key)
+        if partition is None or partition.leader_state is not None or partition.leader_epoch != leader_epoch:
+            return None  # the image moved on while the fetcher's request was out: drop its answer
+        return partition
+
+    def truncate_follower(self, key: PartitionKey, leader_epoch: int, offset: int, reason: str) -> int | None:
+        """Cut a follower's log to `offset` (KIP-101); returns the new log end, or None if this
+        broker no longer follows `key` at `leader_epoch`."""
+        partition = self._following(key, leader_epoch)
+        if partition is None:
+            return None
+        log = partition.log
+        before = log.log_end_offset
+        if offset < before:
+            log.truncate_to(offset)
+            self.log.info("follower_truncated", topic=key[0], partition=key[1], leader_epoch=leader_epoch,
+                          from_offset=before, to_offset=log.log_end_offset, reason=reason)
+        partition.high_watermark = min(partition.high_watermark, log.log_end_offset)
+        return log.log_end_offset
+
+    def restart_follower_at(self, key: PartitionKey, leader_epoch: int, offset: int) -> bool:
+        """The leader's log starts after this follower's end (retention): start over there."""
+        partition = self._following(key, leader_epoch)
+        if partition is None:
+            return False
+        partition.log.truncate_fully_and_start_at(offset)
+        partition.high_watermark = min(partition.high_watermark, offset)
+        self.log.info("follower_restarted", topic=key[0], partition=key[1], offset=offset)
+        return True
+
+    def append_as_follower(self, key: PartitionKey, leader_epoch: int, data: Any, leader_high_watermark: int) -> ErrorCode:
+        """Append the leader's batches at the leader's offsets (after checking their CRCs: a
+        follower never stores bytes it cannot verify), then take the leader's high watermark."""
+        partition = self._following(key, leader_epoch)
+        if partition is None:
+            return ErrorCode.NOT_LEADER_OR_FOLLOWER
+        log = partition.log
+        if len(data):
+            try:
+                records.validate_batches(data, records.BATCH_BYTES_FORMAT_MAX)
+                log.append_replicated(data)
+            except records.InvalidBatchError as exc:
+                self.log.error("replica_fetch_corrupt", topic=key[0], partition=key[1], detail=str(exc))
+                return ErrorCode.CORRUPT_MESSAGE
+            except StorageError as exc:
+                self.log.warning("follower_append_failed", topic=key[0], partition=key[1],
+                                 error=type(exc).__name__, detail=str(exc))
+                return ErrorCode[getattr(exc, "error_code_name", "STORAGE_ERROR")]
+        partition.leader_high_watermark = leader_high_watermark
+        partition.high_watermark = max(partition.high_watermark, min(leader_high_watermark, log.log_end_offset))
+        return ErrorCode.NONE
+
+    # --- ISR changes ---------------------------------------------------------------------------
+
+    def _propose_isr(self, partition: Partition, proposal: IsrProposal) -> None:
+        if self.isr_changes is None:
+            partition.leader_state.on_isr_proposal_failed(proposal)  # type: ignore[union-attr]
+            return
+        self.log.info("isr_change_proposed", topic=partition.topic, partition=partition.index,
+                      isr=",".join(map(str, proposal.isr)), added=",".join(map(str, proposal.added)),
+                      removed=",".join(map(str, proposal.removed)))
+        self.isr_changes.submit(partition.key, proposal)
+
+    def isr_change_failed(self, key: PartitionKey, proposal: IsrProposal) -> None:
+        """The controller refused or did not answer: the leader may propose again."""
+        partition = self.partitions.get(key)
+        if partition is not None and partition.leader_state is not None:
+            partition.leader_state.on_isr_proposal_failed(proposal)
+
+    def _expire_isr(self) -> None:
+        """Propose dropping ISR followers that stopped keeping up (every lag max / 2)."""
+        now_ms = self.clock.monotonic_ms()
+        for partition in list(self.partitions.values()):
+            state = partition.leader_state
+            if state is not None and state.followers:
+                proposal = state.maybe_shrink_isr(now_ms)
+                if proposal is not None:
+                    self._propose_isr(partition, proposal)
+
+    def leaderships(self) -> int:
+        """Partitions this broker leads right now."""
+        return sum(1 for p in self.partitions.values() if p.leader_state is not None)
+
+    async def wait_for_image(self, condition: Callable[[], bool], timeout_s: float) -> bool:
+        """Wait until `condition()` holds, checking it after each applied metadata image."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not condition():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            waiter = loop.create_future()
+            self._image_waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except asyncio.TimeoutError:
+                return condition()
+        return True
+
+    def under_replicated(self) -> int:
+        """Partitions led here whose ISR is smaller than their replica set."""
+        return sum(1 for p in self.partitions.values()
+                   if p.leader_state is not None and len(p.leader_state.isr) < len(p.replicas))
 
     # --- background policies and shutdown ----------------------------------------------------
 
@@ -364,6 +678,8 @@ class ReplicaManager:
         flush_ms = min(self.config.flush_ms or FLUSH_CHECK_INTERVAL_MS, FLUSH_CHECK_INTERVAL_MS)
         flush_ms = max(flush_ms, FLUSH_CHECK_INTERVAL_MS_MIN)
         self._tasks.append(asyncio.create_task(self._every(flush_ms, self._maybe_flush), name="flush"))
+        expiry_ms = max(FLUSH_CHECK_INTERVAL_MS_MIN, self.config.replica_lag_time_max_ms // 2)
+        self._tasks.append(asyncio.create_task(self._every(expiry_ms, self._expire_isr), name="isr-expiry"))
 
     async def _every(self, interval_ms: int, action: Callable[[], None]) -> None:
         while True:

@@ -29,13 +29,15 @@ from storage.log import LogEvent
 from storage.manager import LogManager
 
 from client.protocol.errors import ErrorCode
-from client.protocol.messages import NO_NODE_ID
+from client.protocol.messages import NO_NODE_ID, AlterPartitionRequest, ControlledShutdownRequest, IsrChange
 
 from broker.config import BrokerConfig, parse_voters
 from broker.connection import BrokerConnection
 from broker.controller import Controller, ControllerError, ControllerSettings
 from broker.controller_client import BrokerLifecycle, ControllerChannel
 from broker.handlers import Dispatcher, HandlerContext
+from broker.groups.backend import group_coordinator
+from broker.groups.coordinator import GroupCoordinator
 from broker.logging import RateLimiter, get_logger
 from broker.metadata import MetadataImage
 from broker.partitions import ReplicaManager, broker_log_config, log_config_for
@@ -43,6 +45,8 @@ from broker.raft import Message, RaftConfig, RaftConfigError, RaftError, Status
 from broker.raft.driver import DriverSettings, RaftDriver
 from broker.raft.persist import RaftStorage, RaftStorageError
 from broker.raft.transport import PeerTransport, TransportSettings
+from broker.replication.fetcher import FetcherSettings, ReplicaFetchers
+from broker.replication.isr_changes import IsrChangeSender
 
 METADATA_DIR = "__cluster_metadata"
 
@@ -89,6 +93,7 @@ class MetadataService:
         self.transport = transport
         self.channel = channel
         self.lifecycle = lifecycle
+        self.groups: GroupCoordinator | None = None  # set by Broker: the consumer-group coordinator
         self._closed = False
 
     @property
@@ -145,6 +150,43 @@ class MetadataService:
             self.channel.forward_create(name)
         return ErrorCode.LEADER_NOT_AVAILABLE
 
+    async def alter_partition(self, changes: list[tuple[str, int, int, int, list[int]]]) -> list[tuple[ErrorCode, str | None]]:
+        """This broker's ISR changes as a partition leader, to the active controller (here, or
+        over the controller channel). Raises ControllerError when no controller answered."""
+        incarnation = self.lifecycle.incarnation
+        if self.controller.active:
+            outcomes = await self.controller.alter_partition(self.node_id, incarnation, changes)
+            return [(code, message) for code, message, _ in outcomes]
+        by_topic: dict[str, list[IsrChange]] = {}
+        for topic, partition, leader_epoch, partition_epoch, isr in changes:
+            by_topic.setdefault(topic, []).append(IsrChange(partition, leader_epoch, partition_epoch, isr))
+        response = await self.channel.request(AlterPartitionRequest(
+            broker_id=self.node_id, incarnation=incarnation, topics=list(by_topic.items())))
+        if response.error_code != ErrorCode.NONE:
+            code = ErrorCode.lookup(response.error_code) or ErrorCode.UNKNOWN_SERVER_ERROR
+            raise ControllerError(code, response.error_message or code.message)
+        results = {(topic, row.partition): row for topic, rows in response.topics for row in rows}
+        outcomes = []
+        for topic, partition, *_ in changes:
+            row = results.get((topic, partition))
+            if row is None:
+                outcomes.append((ErrorCode.UNKNOWN_SERVER_ERROR, "the controller did not answer for this partition"))
+            else:
+                outcomes.append((ErrorCode.lookup(row.error_code) or ErrorCode.UNKNOWN_SERVER_ERROR, row.error_message))
+        return outcomes
+
+    async def controlled_shutdown(self) -> int:
+        """Ask the active controller to move this broker's leaderships away (it is stopping);
+        returns the partitions it will still lead. Raises ControllerError."""
+        incarnation = self.lifecycle.incarnation
+        if self.controller.active:
+            return await self.controller.controlled_shutdown(self.node_id, incarnation)
+        response = await self.channel.request(ControlledShutdownRequest(broker_id=self.node_id, incarnation=incarnation))
+        if response.error_code != ErrorCode.NONE:
+            code = ErrorCode.lookup(response.error_code) or ErrorCode.UNKNOWN_SERVER_ERROR
+            raise ControllerError(code, response.error_message or code.message)
+        return response.partitions_remaining
+
     async def register_broker(self, node_id: int, host: str, port: int, incarnation: str) -> None:
         await self.controller.register_broker(node_id, host, port, incarnation)
 
@@ -169,6 +211,8 @@ class MetadataService:
         await self.driver.stop()
         await self.transport.close()
         self.controller.close()
+        if self.groups is not None:
+            self.groups.close()
 
     def close(self) -> None:
         if not self._closed:
@@ -229,6 +273,7 @@ class Broker:
         try:
             await self._open_and_bind()
         except BaseException:
+            await self._stop_replication()
             if self.metadata is not None:
                 await self.metadata.stop()
             self._release()
@@ -254,6 +299,18 @@ class Broker:
         finally:
             self._opening_logs = False
         self.replicas = ReplicaManager(config, self.logs, self.clock)
+
+        def broker_address(node_id: int) -> tuple[str, int] | None:
+            broker = controller.image.brokers.get(node_id)
+            return (broker.host, broker.port) if broker is not None else None
+
+        self.replicas.fetchers = ReplicaFetchers(config.node_id, self.replicas, broker_address, FetcherSettings(
+            wait_max_ms=config.replica_fetch_wait_max_ms, bytes_max=config.replica_fetch_bytes_max,
+            partition_bytes_max=config.replica_fetch_partition_bytes_max, backoff_ms=config.replica_fetch_backoff_ms,
+            frame_bytes_max=max(config.frame_bytes_max, config.replica_fetch_bytes_max + config.batch_bytes_max + (1 << 20)),
+        ), log=get_logger("broker.replication"))
+        self.replicas.isr_changes = IsrChangeSender(self.replicas, self.metadata.alter_partition,
+                                                    retry_ms=config.replica_fetch_backoff_ms)
         controller.on_change = self.replicas.apply_image
         ctx = HandlerContext(config, self.metadata, self.replicas, get_logger("broker.handlers"), self.warn_bad_input)
         self.dispatcher = Dispatcher(ctx)
@@ -291,7 +348,8 @@ class Broker:
         controller = Controller(
             config.node_id,
             ControllerSettings(session_timeout_ms=config.broker_session_timeout_ms,
-                               reconcile_interval_ms=2 * config.raft_tick_ms),
+                               reconcile_interval_ms=2 * config.raft_tick_ms,
+                               auto_leader_rebalance=config.auto_leader_rebalance),
             clock=self.clock,
         )
 
@@ -325,6 +383,7 @@ class Broker:
             session_timeout_ms=config.broker_session_timeout_ms, retry_ms=2 * config.raft_tick_ms)
         controller.on_leader_change = lifecycle.leader_changed
         self.metadata = MetadataService(config.node_id, controller, driver, storage, transport, channel, lifecycle)
+        self.metadata.groups = group_coordinator(controller, config)  # consumer groups (broker/groups/)
         return controller
 
     def _on_storage_event(self, event: LogEvent) -> None:
@@ -353,8 +412,10 @@ class Broker:
             return
         self._state = "stopping"
         loop = asyncio.get_running_loop()
+        await self._controlled_shutdown()
         deadline = loop.time() + self.config.shutdown_timeout_ms / 1000
         self._server.close()  # type: ignore[union-attr]
+        await self._stop_replication()
         connections = list(self._connections)
         for connection in connections:
             connection.stop_accepting()
@@ -373,6 +434,44 @@ class Broker:
         await self.metadata.stop()  # type: ignore[union-attr]
         self._release()
         self._state = "stopped"
+
+    async def _controlled_shutdown(self) -> None:
+        """In a cluster, before anything closes: have the controller move this broker's
+        leaderships to other in-sync replicas, and wait until this broker's image shows it,
+        within controlled_shutdown_timeout_ms. Producers and consumers then fail over while
+        this broker still answers them (NOT_LEADER_OR_FOLLOWER), instead of waiting out a
+        session timeout on a dead leader. Partitions without another in-sync replica stay
+        here until the broker is gone (then they wait for it, as without this step)."""
+        metadata, replicas = self.metadata, self.replicas
+        if metadata is None or replicas is None or metadata.alone or not metadata.lifecycle.registered:
+            return
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + self.config.controlled_shutdown_timeout_ms / 1000
+        retry_s = 2 * self.config.raft_tick_ms / 1000
+        remaining = None
+        while loop.time() < deadline:
+            try:
+                remaining = await asyncio.wait_for(metadata.controlled_shutdown(), max(0.0, deadline - loop.time()))
+            except (ControllerError, asyncio.TimeoutError) as exc:
+                self.log.debug("controlled_shutdown_retry", detail=str(exc) or type(exc).__name__)
+                await asyncio.sleep(retry_s)
+                continue
+            target = remaining
+            if await replicas.wait_for_image(lambda: replicas.leaderships() <= target, deadline - loop.time()):
+                break
+        self.log.info("controlled_shutdown", leaderships_left=replicas.leaderships(),
+                      duration_ms=int((loop.time() - started) * 1000),
+                      outcome="done" if remaining is not None else "no controller answered")
+
+    async def _stop_replication(self) -> None:
+        """Stop fetching from leaders and sending ISR changes: nothing appends to a log after this."""
+        replicas = self.replicas
+        if replicas is not None:
+            if replicas.fetchers is not None:
+                await replicas.fetchers.close()
+            if replicas.isr_changes is not None:
+                await replicas.isr_changes.close()
 
     async def _wait_connections_closed(self, timeout_s: float) -> None:
         if not self._connections:

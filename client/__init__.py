@@ -12,9 +12,12 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "Admin": "client.admin",
     "Consumer": "client.consumer",
+    "ConsumerRebalanceListener": "client.consumer",
     "Producer": "client.producer",
     "BrokerDescription": "client.types",
     "ClusterDescription": "client.types",
+    "GroupDescription": "client.types",
+    "MemberDescription": "client.types",
     "PartitionDescription": "client.types",
     "Record": "client.types",
     "RecordMetadata": "client.types",
@@ -26,11 +29,13 @@ __all__ = list(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from client.admin import Admin
-    from client.consumer import Consumer
+    from client.consumer import Consumer, ConsumerRebalanceListener
     from client.producer import Producer
     from client.types import (
         BrokerDescription,
         ClusterDescription,
+        GroupDescription,
+        MemberDescription,
         PartitionDescription,
         Record,
         RecordMetadata,

@@ -283,9 +283,28 @@ class Consumer(_SyncClient):
         self._runner.call(self._client.assign, list(partitions))
         self._drop_buffer()
 
-    def subscribe(self, topics: Iterable[str]) -> None:
-        self._runner.call(self._client.subscribe, list(topics))
+    def subscribe(self, topics: Iterable[str], listener=None) -> None:
+        """With a group_id, `listener` (a client.ConsumerRebalanceListener) runs on the SDK's
+        event-loop thread: keep its methods short, and do not call this consumer from them."""
+        self._runner.call(self._client.subscribe, list(topics), listener)
         self._drop_buffer()
+
+    def commit(self, offsets: dict[TopicPartition, int] | None = None) -> None:
+        """Commit to the group: by default the position of every assigned partition. Records
+        still buffered for iteration are not yet counted as consumed (see __next__)."""
+        with self._buffer_lock:
+            if offsets is None and self._buffer:
+                offsets = self._runner.call(self._client._positions)
+                for record in self._buffer:  # not handed out yet: commit up to the first of them
+                    tp = TopicPartition(record.topic, record.partition)
+                    offsets[tp] = min(offsets.get(tp, record.offset), record.offset)
+        self._run(self._client.commit(offsets))
+
+    def committed(self, partition: TopicPartition) -> int | None:
+        return self._run(self._client.committed(partition))
+
+    def lag(self, partition: TopicPartition) -> int | None:
+        return self._runner.call(self._client.lag, partition)
 
     def assignment(self) -> set[TopicPartition]:
         return self._runner.call(self._client.assignment)
@@ -342,3 +361,9 @@ class Admin(_SyncClient):
 
     def describe_cluster(self) -> ClusterDescription:
         return self._run(self._client.describe_cluster())
+
+    def list_groups(self) -> list[str]:
+        return self._run(self._client.list_groups())
+
+    def describe_group(self, group_id: str):
+        return self._run(self._client.describe_group(group_id))

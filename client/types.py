@@ -74,3 +74,27 @@ class ClusterDescription:
     controller_id: int  # -1 when no controller is known
     brokers: list[BrokerDescription] = field(default_factory=list)
     cluster_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MemberDescription:
+    member_id: str
+    group_instance_id: str | None
+    client_id: str
+    host: str
+    topics: list[str] = field(default_factory=list)
+    assignment: list[TopicPartition] = field(default_factory=list)  # what the member holds now
+
+
+@dataclass(frozen=True, slots=True)
+class GroupDescription:
+    """A consumer group as its coordinator sees it. `lag`: log end offset minus committed offset,
+    per partition with a committed offset (measured when describe_group ran)."""
+
+    group_id: str
+    state: str  # Empty (committed offsets only), Stable, Reconciling
+    generation: int
+    assignor: str = ""
+    members: list[MemberDescription] = field(default_factory=list)
+    committed: dict[TopicPartition, int] = field(default_factory=dict)
+    lag: dict[TopicPartition, int] = field(default_factory=dict)

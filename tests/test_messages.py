@@ -83,6 +83,22 @@ REQUESTS = [
     m.BrokerRegistrationRequest(node_id=2, host="127.0.0.1", port=9392, incarnation="4f2a"),
     m.BrokerHeartbeatRequest(node_id=2, incarnation="4f2a"),
     m.DescribeQuorumRequest(),
+    m.OffsetsForLeaderEpochRequest(replica_id=2, topics=[("t", [m.EpochQuery(0, 5, 3), m.EpochQuery(1, 5, 4)])]),
+    m.AlterPartitionRequest(broker_id=1, incarnation="abc", topics=[("t", [m.IsrChange(0, 5, 9, [1, 2])])]),
+    m.ControlledShutdownRequest(broker_id=2, incarnation="abc"),
+    # consumer groups
+    m.FindCoordinatorRequest(key="billing"),
+    m.JoinGroupRequest(group_id="billing", member_id="", group_instance_id="host-1", client_id="c",
+                       session_timeout_ms=10_000, rebalance_timeout_ms=60_000, topics=["orders"], assignor="sticky",
+                       owned=[m.TopicPartitions("orders", [0, 2])]),
+    m.SyncGroupRequest(group_id="billing", member_id="m-1", generation=3, owned=[m.TopicPartitions("orders", [1])]),
+    m.HeartbeatRequest(group_id="billing", member_id="m-1", generation=3),
+    m.LeaveGroupRequest(group_id="billing", member_id="m-1", group_instance_id=None, reason="stopping"),
+    m.OffsetCommitRequest(group_id="billing", member_id="m-1", generation=3,
+                          topics=[m.OffsetCommitTopic("orders", [m.OffsetCommitPartition(0, 42, "meta")])]),
+    m.OffsetFetchRequest(group_id="billing", topics=[m.TopicPartitions("orders", [0, 1])]),
+    m.ListGroupsRequest(),
+    m.DescribeGroupsRequest(group_ids=["billing", "audit"]),
 ]
 
 RESPONSES = [
@@ -158,6 +174,26 @@ RESPONSES = [
         voters=[m.QuorumReplica(1, 43, 0, "leader", True), m.QuorumReplica(2, 40, 3, "replicate", True)],
         observers=[m.QuorumReplica(4, 0, 43, "probe", False)],
     ),
+    m.OffsetsForLeaderEpochResponse(topics=[("t", [m.EpochEndOffset(0, ErrorCode.NONE, 3, 120),
+                                                   m.EpochEndOffset(1, ErrorCode.FENCED_LEADER_EPOCH)])]),
+    m.AlterPartitionResponse(controller_id=2, topics=[("t", [
+        m.IsrChangeResult(0, ErrorCode.NONE, None, 1, 5, 10, [1, 2]),
+        m.IsrChangeResult(1, ErrorCode.INVALID_UPDATE_VERSION, "changed", 1, 5, 11, [1, 2, 3])])]),
+    m.ControlledShutdownResponse(controller_id=1, partitions_remaining=2),
+    # consumer groups
+    m.FindCoordinatorResponse(node_id=2, host="h2", port=9392),
+    m.JoinGroupResponse(generation=4, member_id="m-1", heartbeat_interval_ms=3000),
+    m.SyncGroupResponse(generation=4, assignment=[m.TopicPartitions("orders", [0, 1])], pending=True),
+    m.HeartbeatResponse(error_code=ErrorCode.NONE, generation=5, sync=True),
+    m.LeaveGroupResponse(error_code=ErrorCode.UNKNOWN_MEMBER_ID, error_message="gone"),
+    m.OffsetCommitResponse(topics=[m.OffsetCommitTopicResult("orders", [m.PartitionError(0, ErrorCode.NONE)])]),
+    m.OffsetFetchResponse(topics=[m.OffsetFetchTopic("orders", [m.OffsetFetchPartition(0, 42, "meta"),
+                                                                m.OffsetFetchPartition(1, -1)])]),
+    m.ListGroupsResponse(groups=[m.ListedGroup("billing", "Stable", 2)]),
+    m.DescribeGroupsResponse(groups=[m.DescribedGroup(
+        "billing", ErrorCode.NONE, None, "Stable", 4, "sticky",
+        [m.DescribedMember("m-1", None, "c", "127.0.0.1", ["orders"], [m.TopicPartitions("orders", [0])])],
+        [m.DescribedOffset("orders", 0, 42, "")])]),
 ]
 
 
@@ -298,6 +334,7 @@ def test_api_keys_follow_kafka_numbering_and_tidelog_keys_start_at_1000():
         "DESCRIBE_GROUPS": 15, "LIST_GROUPS": 16, "API_VERSIONS": 18, "CREATE_TOPICS": 19,
         "DELETE_TOPICS": 20, "INIT_PRODUCER_ID": 22, "ALTER_TOPIC_CONFIGS": 44, "RAFT_VOTE": 52, "ALTER_PARTITION": 56,
         "DESCRIBE_CLUSTER": 60, "BROKER_REGISTRATION": 62, "BROKER_HEARTBEAT": 63, "DESCRIBE_QUORUM": 55,
+        "OFFSETS_FOR_LEADER_EPOCH": 23, "CONTROLLED_SHUTDOWN": 7,
     }  # fmt: skip
     for name, number in kafka.items():
         assert m.ApiKey[name] == number
@@ -328,8 +365,8 @@ def test_unknown_api_key_is_unsupported_api():
 
 
 def test_reserved_api_key_is_unsupported_api():
-    with pytest.raises(UnsupportedApiError, match=r"JOIN_GROUP \(11\) is reserved but not implemented"):
-        m.decode_request(_request_frame(m.ApiKey.JOIN_GROUP, []))
+    with pytest.raises(UnsupportedApiError, match=r"INIT_PRODUCER_ID \(22\) is reserved but not implemented"):
+        m.decode_request(_request_frame(m.ApiKey.INIT_PRODUCER_ID, []))
 
 
 def test_unsupported_version_is_refused_for_requests_and_responses():

@@ -8,7 +8,6 @@ import asyncio
 import pytest
 
 from client import Admin, Consumer, Producer, TopicPartition
-from client.consumer import ConsumerGroupsNotSupportedError
 from client.errors import (
     IllegalStateError,
     InvalidRecordError,
@@ -330,10 +329,15 @@ async def test_prefetching_stops_when_the_buffer_is_full(broker):
         assert [r.offset for r in records] == list(range(400))
 
 
-async def test_consumer_groups_are_refused_clearly(broker):
-    broker.create("t", 1)
-    with pytest.raises(ConsumerGroupsNotSupportedError, match="group_id='g'"):
-        await Consumer("t", bootstrap_servers=broker.bootstrap, group_id="g").start()
+async def test_bad_group_settings_are_refused_at_construction():
+    with pytest.raises(ValueError, match="group_id must be a non-empty str"):
+        Consumer("t", group_id="")
+    with pytest.raises(ValueError, match="heartbeat_interval_ms .* must be below session_timeout_ms"):
+        Consumer("t", group_id="g", heartbeat_interval_ms=5000, session_timeout_ms=5000)
+    with pytest.raises(ValueError, match="partition_assignment_strategy must be one of"):
+        Consumer("t", group_id="g", partition_assignment_strategy="magic")
+    with pytest.raises(ValueError, match="group_instance_id needs a group_id"):
+        Consumer("t", group_instance_id="host-1")
 
 
 # --- admin -----------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ Handler = Callable[[HandlerContext, Any], Awaitable[Response | None]]
 
 
 def _handlers() -> dict[int, Handler]:
-    from broker.handlers import cluster, fetch, meta, offsets, produce, raft, topics
+    from broker.handlers import cluster, fetch, groups, meta, offsets, produce, raft, replication, topics
 
     return {
         ApiKey.API_VERSIONS: meta.handle_api_versions,
@@ -84,6 +84,19 @@ def _handlers() -> dict[int, Handler]:
         ApiKey.BROKER_REGISTRATION: cluster.handle_broker_registration,
         ApiKey.BROKER_HEARTBEAT: cluster.handle_broker_heartbeat,
         ApiKey.DESCRIBE_QUORUM: cluster.handle_describe_quorum,
+        ApiKey.OFFSETS_FOR_LEADER_EPOCH: replication.handle_offsets_for_leader_epoch,
+        ApiKey.ALTER_PARTITION: replication.handle_alter_partition,
+        ApiKey.CONTROLLED_SHUTDOWN: cluster.handle_controlled_shutdown,
+        # Consumer groups (broker/groups/: the coordinator runs on the active controller).
+        ApiKey.FIND_COORDINATOR: groups.handle_find_coordinator,
+        ApiKey.JOIN_GROUP: groups.handle_join_group,
+        ApiKey.SYNC_GROUP: groups.handle_sync_group,
+        ApiKey.HEARTBEAT: groups.handle_heartbeat,
+        ApiKey.LEAVE_GROUP: groups.handle_leave_group,
+        ApiKey.OFFSET_COMMIT: groups.handle_offset_commit,
+        ApiKey.OFFSET_FETCH: groups.handle_offset_fetch,
+        ApiKey.LIST_GROUPS: groups.handle_list_groups,
+        ApiKey.DESCRIBE_GROUPS: groups.handle_describe_groups,
     }
 
 

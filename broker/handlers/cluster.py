@@ -15,6 +15,8 @@ from client.protocol.messages import (
     BrokerHeartbeatResponse,
     BrokerRegistrationRequest,
     BrokerRegistrationResponse,
+    ControlledShutdownRequest,
+    ControlledShutdownResponse,
     DescribeQuorumRequest,
     DescribeQuorumResponse,
     QuorumReplica,
@@ -74,3 +76,14 @@ async def handle_describe_quorum(ctx: HandlerContext, request: DescribeQuorumReq
         last_index=status.last_index, voters=sorted(voters, key=lambda r: r.node_id),
         observers=sorted(observers, key=lambda r: r.node_id),
     )
+
+
+async def handle_controlled_shutdown(ctx: HandlerContext, request: ControlledShutdownRequest) -> ControlledShutdownResponse:
+    metadata = ctx.metadata
+    try:
+        remaining = await metadata.controller.controlled_shutdown(request.broker_id, request.incarnation)
+    except ControllerError as exc:
+        return ControlledShutdownResponse(error_code=exc.code, error_message=exc.message,
+                                          controller_id=metadata.controller_id)
+    return ControlledShutdownResponse(error_code=ErrorCode.NONE, controller_id=metadata.controller_id,
+                                      partitions_remaining=remaining)

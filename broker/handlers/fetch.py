@@ -6,6 +6,11 @@ it reads, and an append to any of them wakes it to read again; it answers at the
 min(max_wait_ms, fetch_wait_ms_max). Bytes go out as the pieces the log returned, one per
 partition, without being joined (the connection hands them to `transport.writelines`).
 
+Followers fetch too (replica_id = their node id; see broker/partitions.py read_for_fetch): they
+read up to the log end rather than the high watermark, their fetch offsets are their progress
+for the ISR rules, and they park under a key of their own that appends wake, while consumers'
+fetches park under the partition and wake when the high watermark moves.
+
 Sizes: the whole response carries at most min(max_bytes, fetch_bytes_max) record bytes and
 each partition at most its partition_max_bytes, except that the first partition with data
 always returns at least one whole batch, so a consumer makes progress past a batch larger
@@ -20,6 +25,7 @@ from client.protocol.errors import ErrorCode
 from client.protocol.messages import FetchPartitionResult, FetchRequest, FetchResponse, FetchTopicResult
 
 from broker.handlers import HandlerContext
+from broker.partitions import replica_fetch_key
 
 
 def _read_all(ctx: HandlerContext, request: FetchRequest, max_bytes: int) -> tuple[FetchResponse, int, bool]:
@@ -34,7 +40,7 @@ def _read_all(ctx: HandlerContext, request: FetchRequest, max_bytes: int) -> tup
             budget = min(part.partition_max_bytes, remaining)
             read = ctx.replicas.read_for_fetch(
                 topic.topic, part.partition, part.fetch_offset, budget, min_one_batch=total == 0,
-                replica_id=request.replica_id,
+                replica_id=request.replica_id, current_leader_epoch=part.current_leader_epoch,
             )
             errored = errored or read.error != ErrorCode.NONE
             size = len(read.records)
@@ -57,6 +63,8 @@ async def handle_fetch(ctx: HandlerContext, request: FetchRequest) -> FetchRespo
     max_bytes = min(request.max_bytes, config.fetch_bytes_max)
     wait_s = max(0, min(request.max_wait_ms, config.fetch_wait_ms_max)) / 1000
     keys = [(t.topic, p.partition) for t in request.topics for p in t.partitions]
+    if request.replica_id >= 0:
+        keys = [replica_fetch_key(key) for key in keys]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
     while True:

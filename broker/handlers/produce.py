@@ -2,8 +2,8 @@
 
 acks=0 gets no response at all (Kafka's semantics) but is validated and appended the same;
 acks=1 is answered once the leader's log holds the bytes; acks=-1 (all) additionally waits in
-the acks=all waiting room until the high watermark passes the batch (on one node the ISR is
-the leader alone, so that is at once). Every append happens before the first await: see
+the acks=all waiting room until the high watermark passes the batch, i.e. until every in-sync
+replica holds it (on one node the ISR is the leader alone, so that is at once). Every append happens before the first await: see
 broker/handlers/__init__.py on ordering.
 """
 
@@ -80,10 +80,16 @@ async def _wait_for_acks_all(ctx: HandlerContext, waiting, timeout_ms: int) -> N
     """The acks=all hook: each partition waits until its high watermark reaches the batch end.
 
     Woken by high-watermark moves (HighWatermarkWaiters in broker/purgatory.py), never polled.
-    A partition that times out answers REQUEST_TIMED_OUT; its bytes stay in the leader's log."""
+    A partition that times out answers REQUEST_TIMED_OUT, and one whose leadership moved while
+    it waited NOT_LEADER_OR_FOLLOWER: both retriable, and in both cases the batch may or may not
+    survive (at-least-once: the producer sends it again)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max(0, min(timeout_ms, REQUEST_TIMEOUT_MS_MAX)) / 1000
     for row, key, next_offset in waiting:
-        if not await ctx.replicas.wait_for_high_watermark(key, next_offset, deadline - loop.time()):
-            row.error_code = ErrorCode.REQUEST_TIMED_OUT
+        error = await ctx.replicas.wait_for_high_watermark(key, next_offset, deadline - loop.time())
+        if error == ErrorCode.REQUEST_TIMED_OUT:
+            row.error_code = error
             row.error_message = "the in-sync replicas did not acknowledge the batch in time"
+        elif error != ErrorCode.NONE:
+            row.error_code = error
+            row.error_message = "leadership moved before the in-sync replicas acknowledged the batch"

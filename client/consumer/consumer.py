@@ -1,11 +1,16 @@
-"""Consumer: aiokafka's AIOKafkaConsumer shape on tidelog's protocol (no consumer groups yet).
+"""Consumer: aiokafka's AIOKafkaConsumer shape on tidelog's protocol.
 
-    async with Consumer("orders", bootstrap_servers="127.0.0.1:9292", auto_offset_reset="earliest") as c:
+    async with Consumer("orders", bootstrap_servers="127.0.0.1:9292", group_id="billing",
+                        auto_offset_reset="earliest") as c:
         async for record in c:
             ...
 
-Topics given at construction (or to subscribe()) without a group are consumed whole: every
-partition is assigned, including partitions added later. Or assign([TopicPartition]) and seek.
+With a group_id and topics (at construction or through subscribe()), the group's coordinator
+shares the topics' partitions among the group's members (client/consumer/group.py); positions
+start at the group's committed offsets; commit() (or auto-commit) records progress.
+Topics given without a group are consumed whole: every partition is assigned, including
+partitions added later. Or assign([TopicPartition]) and seek (with a group_id, commit() and
+committed() work there too, as a consumer outside the group's membership).
 A partition without a position starts per auto_offset_reset ("latest" by default, as in Kafka).
 Fetching runs in the background (client.consumer.fetcher); records are decoded here, when the
 application asks for them.
@@ -18,6 +23,7 @@ from typing import Any, Callable, Iterable
 
 from client.cluster import METADATA_MAX_AGE_MS_DEFAULT, RETRY_BACKOFF_MS_DEFAULT, Cluster
 from client.consumer.fetcher import Fetcher
+from client.consumer.group import ASSIGNORS, ConsumerRebalanceListener, GroupMembership
 from client.consumer.state import PartitionState, record_maker
 from client.errors import IllegalStateError, OffsetOutOfRangeError, TidelogError
 from client.protocol.limits import (
@@ -38,7 +44,17 @@ _FETCH_FRAME_SLACK_BYTES = 1 * MiB
 
 
 class ConsumerGroupsNotSupportedError(TidelogError, NotImplementedError):
-    """Consumer groups (group_id with subscribe, commit) are not implemented yet."""
+    """Kept for code written before consumer groups existed; nothing raises it any more."""
+
+_GROUP_APIS = (ApiKey.FIND_COORDINATOR, ApiKey.JOIN_GROUP, ApiKey.SYNC_GROUP, ApiKey.HEARTBEAT,
+               ApiKey.LEAVE_GROUP, ApiKey.OFFSET_COMMIT, ApiKey.OFFSET_FETCH)
+
+
+def _offset_value(offset: Any) -> int:
+    offset = getattr(offset, "offset", offset)  # an int, or aiokafka's OffsetAndMetadata shape
+    if not isinstance(offset, int) or offset < 0:
+        raise ValueError(f"a committed offset must be a non-negative int, got {offset!r}")
+    return offset
 
 
 def _no_position_error(tp: TopicPartition) -> OffsetOutOfRangeError:
@@ -70,6 +86,12 @@ class Consumer:
         isolation_level: str = "read_uncommitted",
         max_poll_records: int | None = None,
         enable_auto_commit: bool = True,
+        auto_commit_interval_ms: int = 5000,
+        group_instance_id: str | None = None,
+        session_timeout_ms: int = 10_000,
+        heartbeat_interval_ms: int = 3000,
+        max_poll_interval_ms: int = 300_000,
+        partition_assignment_strategy: str = "sticky",
     ):
         if auto_offset_reset not in _RESETS:
             raise ValueError(f"auto_offset_reset must be one of {_RESETS}, got {auto_offset_reset!r}")
@@ -85,6 +107,22 @@ class Consumer:
             raise ValueError(f"fetch_max_wait_ms must not be negative, got {fetch_max_wait_ms!r}")
         if max_poll_records is not None and max_poll_records < 1:
             raise ValueError(f"max_poll_records must be at least 1, got {max_poll_records!r}")
+        if group_id is not None and (not isinstance(group_id, str) or not group_id):
+            raise ValueError(f"group_id must be a non-empty str or None, got {group_id!r}")
+        if group_instance_id is not None and (group_id is None or not group_instance_id):
+            raise ValueError("group_instance_id needs a group_id and must be a non-empty str")
+        if partition_assignment_strategy not in ASSIGNORS:
+            raise ValueError(f"partition_assignment_strategy must be one of {ASSIGNORS}, "
+                             f"got {partition_assignment_strategy!r}")
+        for name, value in (("auto_commit_interval_ms", auto_commit_interval_ms),
+                            ("session_timeout_ms", session_timeout_ms),
+                            ("heartbeat_interval_ms", heartbeat_interval_ms),
+                            ("max_poll_interval_ms", max_poll_interval_ms)):
+            if not value > 0:
+                raise ValueError(f"{name} must be positive, got {value!r}")
+        if heartbeat_interval_ms >= session_timeout_ms:
+            raise ValueError(f"heartbeat_interval_ms ({heartbeat_interval_ms}) must be below "
+                             f"session_timeout_ms ({session_timeout_ms})")
         self.bootstrap_servers = bootstrap_servers
         self.client_id = client_id
         self.group_id = group_id
@@ -98,6 +136,15 @@ class Consumer:
         self.metadata_max_age_ms = metadata_max_age_ms
         self.isolation_level = isolation_level
         self.max_poll_records = max_poll_records
+        self.enable_auto_commit = enable_auto_commit
+        self.auto_commit_interval_ms = auto_commit_interval_ms
+        self.group_instance_id = group_instance_id
+        self.session_timeout_ms = session_timeout_ms
+        self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.max_poll_interval_ms = max_poll_interval_ms
+        self.partition_assignment_strategy = partition_assignment_strategy
+        self._group: GroupMembership | None = None
+        self._listener: ConsumerRebalanceListener | None = None
         self._key_deserializer = key_deserializer
         self._value_deserializer = value_deserializer
         self._subscription: set[str] = set(topics)
@@ -115,11 +162,6 @@ class Consumer:
     async def start(self) -> None:
         if self._running or self._stopped:
             raise IllegalStateError("Consumer.start() was already called")
-        if self.group_id is not None and self._subscription:
-            raise ConsumerGroupsNotSupportedError(
-                f"consumer groups are not implemented yet: group_id={self.group_id!r} with topics "
-                f"{sorted(self._subscription)}; leave group_id=None to read all partitions, or assign()"
-            )
         self._data = asyncio.Event()
         self._cluster = Cluster(
             self.bootstrap_servers,
@@ -127,7 +169,8 @@ class Consumer:
             retry_backoff_ms=self.retry_backoff_ms,
             metadata_max_age_ms=self.metadata_max_age_ms,
             frame_bytes_max=self.fetch_max_bytes + _FETCH_FRAME_SLACK_BYTES,
-            required_apis=(ApiKey.FETCH, ApiKey.LIST_OFFSETS, ApiKey.METADATA),
+            required_apis=(ApiKey.FETCH, ApiKey.LIST_OFFSETS, ApiKey.METADATA)
+            + (_GROUP_APIS if self.group_id is not None else ()),
             allow_auto_topic_creation=True,
             client_id=self.client_id,
         )
@@ -147,18 +190,44 @@ class Consumer:
                 retry_backoff_ms=self.retry_backoff_ms,
                 on_data=self._data.set,
             )
+            if self.group_id is not None:
+                self._group = self._new_membership()
             if self._subscription:
                 for topic in sorted(self._subscription):
                     await self._cluster.wait_for_topic(topic, self.request_timeout_ms)
-                self._cluster.add_listener(self._follow_subscription)
-                self._follow_subscription()
+                if self._group is not None:
+                    self._group.subscribe(set(self._subscription), self._listener)
+                else:
+                    self._cluster.add_listener(self._follow_subscription)
+                    self._follow_subscription()
+            self._fetcher.start()
+            if self._group is not None:
+                self._group.start()
+                if self._subscription:
+                    await self._group.wait_assigned(self.request_timeout_ms)
         except BaseException:
+            if self._group is not None:
+                self._group.member_id = ""  # nothing to commit or leave: it never really joined
+                await self._group.stop()
+            if self._fetcher is not None:
+                await self._fetcher.stop()
             await self._cluster.close()
             raise
-        self._fetcher.start()
         self._running = True
 
+    def _new_membership(self) -> GroupMembership:
+        return GroupMembership(
+            self, self._cluster, group_id=self.group_id, group_instance_id=self.group_instance_id,
+            client_id=self.client_id, session_timeout_ms=self.session_timeout_ms,
+            heartbeat_interval_ms=self.heartbeat_interval_ms, max_poll_interval_ms=self.max_poll_interval_ms,
+            assignor=self.partition_assignment_strategy, enable_auto_commit=self.enable_auto_commit,
+            auto_commit_interval_ms=self.auto_commit_interval_ms, request_timeout_ms=self.request_timeout_ms,
+            retry_backoff_ms=self.retry_backoff_ms)
+
     async def stop(self) -> None:
+        if self._group is not None and not self._stopped:
+            self._stopped = True
+            await self._group.stop()  # commit (auto-commit), on_partitions_revoked, leave
         self._stopped = True
         self._running = False
         if self._fetcher is not None:
@@ -176,13 +245,20 @@ class Consumer:
 
     # --- assignment -----------------------------------------------------------------------------
 
-    def subscribe(self, topics: Iterable[str]) -> None:
-        """Consume every partition of these topics (without a group: no sharing with others)."""
-        if self.group_id is not None:
-            raise ConsumerGroupsNotSupportedError(
-                f"consumer groups are not implemented yet (group_id={self.group_id!r}); use assign()"
-            )
+    def subscribe(self, topics: Iterable[str], listener: ConsumerRebalanceListener | None = None) -> None:
+        """With a group_id: share these topics' partitions with the group's other members
+        (`listener` hears of partitions revoked and assigned). Without: every partition."""
+        if isinstance(topics, str):
+            raise TypeError("subscribe() takes a list of topics, not a str")
         self._subscription = set(topics)
+        if self.group_id is not None:
+            self._listener = listener or self._listener
+            if self._group is not None:
+                self._cluster.add_topics(self._subscription)
+                self._group.subscribe(set(self._subscription), self._listener)
+            return
+        if listener is not None:
+            raise ValueError("a rebalance listener needs a group_id")
         if self._cluster is not None:
             self._cluster.add_topics(self._subscription)
             self._cluster.add_listener(self._follow_subscription)
@@ -208,6 +284,8 @@ class Consumer:
     def assign(self, partitions: Iterable[TopicPartition]) -> None:
         """Read exactly these partitions (replaces any subscription)."""
         partitions = [TopicPartition(*tp) for tp in partitions]
+        if self._group is not None and self._group.topics:
+            raise IllegalStateError("assign() cannot be mixed with a group subscription; create another consumer")
         self._subscription = set()
         self._set_assignment(set(partitions))
 
@@ -307,11 +385,60 @@ class Consumer:
     def paused(self) -> set[TopicPartition]:
         return {tp for tp, state in self._states.items() if state.paused}
 
-    async def commit(self, offsets=None) -> None:
-        raise ConsumerGroupsNotSupportedError("commit() needs consumer groups, which are not implemented yet")
+    async def commit(self, offsets: dict[TopicPartition, int] | None = None) -> None:
+        """Commit offsets to the group: `offsets` maps partitions to the next offset to read; by
+        default the position of every assigned partition (what getmany/getone returned so far).
+        Raises CommitFailedError if the group refused it for good (see client/consumer/group.py)."""
+        group = self._require_group("commit()")
+        if offsets is not None:
+            offsets = {TopicPartition(*tp): _offset_value(offset) for tp, offset in offsets.items()}
+        await group.commit(offsets)
 
     async def committed(self, partition: TopicPartition) -> int | None:
-        raise ConsumerGroupsNotSupportedError("committed() needs consumer groups, which are not implemented yet")
+        """The group's committed offset for `partition` (None when nothing is committed)."""
+        group = self._require_group("committed()")
+        return (await group.committed([TopicPartition(*partition)]))[TopicPartition(*partition)]
+
+    def lag(self, partition: TopicPartition) -> int | None:
+        """Records in `partition` not yet returned: high watermark minus position (None until known)."""
+        state = self._state(partition)
+        if state.highwater is None or state.position is None:
+            return None
+        return max(0, state.highwater - state.position)
+
+    def _require_group(self, what: str) -> GroupMembership:
+        self._require_cluster()
+        if self._group is None:
+            raise IllegalStateError(f"{what} needs a group_id: Consumer(..., group_id='...')")
+        return self._group
+
+    # --- called by the group membership (client/consumer/group.py) ---------------------------------
+
+    def _positions(self) -> dict[TopicPartition, int]:
+        return {tp: state.position for tp, state in self._states.items() if state.position is not None}
+
+    def _group_revoke(self, partitions: set[TopicPartition]) -> None:
+        for tp in partitions:
+            self._states.pop(tp, None)
+            self._makers.pop(tp, None)
+        if self._fetcher is not None:
+            self._fetcher.wakeup()
+
+    def _group_assign(self, offsets: dict[TopicPartition, int | None]) -> None:
+        """Add partitions, each at its committed offset (None: per auto_offset_reset)."""
+        for tp, offset in offsets.items():
+            state = PartitionState(tp)
+            if offset is not None:
+                state.seek(offset)
+            elif self.auto_offset_reset != "none":
+                state.reset_strategy = self.auto_offset_reset
+            else:
+                state.error = _no_position_error(tp)
+            self._states[tp] = state
+            self._makers[tp] = record_maker(tp, self._key_deserializer, self._value_deserializer)
+        self._cluster.add_topics({tp.topic for tp in offsets})
+        if self._fetcher is not None:
+            self._fetcher.wakeup()
 
     # --- records --------------------------------------------------------------------------------
 
@@ -321,6 +448,8 @@ class Consumer:
         """Records buffered for these partitions (all assigned if none given), at most max_records
         in total; waits up to timeout_ms when none are buffered (0: return at once)."""
         self._require_fetcher()
+        if self._group is not None:
+            self._group.polled(self._positions())  # see GroupMembership.polled; a fatal group error is raised here
         limit = max_records if max_records is not None else (self.max_poll_records or 2**62)
         if limit < 1:
             raise ValueError(f"max_records must be at least 1, got {max_records!r}")

@@ -56,6 +56,7 @@ class ApiKey(enum.IntEnum):
     PRODUCE = 0
     FETCH = 1
     LIST_OFFSETS = 2
+    CONTROLLED_SHUTDOWN = 7  # a stopping broker asks the controller to move its leaderships first
     METADATA = 3
     OFFSET_COMMIT = 8  # reserved
     OFFSET_FETCH = 9  # reserved
@@ -70,10 +71,11 @@ class ApiKey(enum.IntEnum):
     CREATE_TOPICS = 19
     DELETE_TOPICS = 20
     INIT_PRODUCER_ID = 22  # reserved
+    OFFSETS_FOR_LEADER_EPOCH = 23  # a follower asks where its last leader epoch ended (KIP-101)
     ALTER_TOPIC_CONFIGS = 44  # Kafka's IncrementalAlterConfigs, for topics
     RAFT_VOTE = 52  # reserved; Kafka's KRaft Vote
     DESCRIBE_QUORUM = 55  # Kafka's KRaft DescribeQuorum: the controller quorum's leader, term, lag
-    ALTER_PARTITION = 56  # reserved
+    ALTER_PARTITION = 56  # a partition leader asks the controller to change the ISR
     DESCRIBE_CLUSTER = 60
     BROKER_REGISTRATION = 62  # reserved
     BROKER_HEARTBEAT = 63  # reserved
@@ -1441,3 +1443,731 @@ register_api(RaftInstallSnapshotRequest, RaftInstallSnapshotResponse)
 register_api(BrokerRegistrationRequest, BrokerRegistrationResponse)
 register_api(BrokerHeartbeatRequest, BrokerHeartbeatResponse)
 register_api(DescribeQuorumRequest, DescribeQuorumResponse)
+
+
+# --- Replication: OffsetsForLeaderEpoch, AlterPartition ---------------------------------------
+
+
+@dataclass(slots=True)
+class EpochQuery:
+    """Where did `leader_epoch` end? `current_leader_epoch` is the asker's view of the leader's
+    epoch (the leader refuses a stale or future one, so an answer is never from a deposed leader)."""
+
+    partition: int
+    current_leader_epoch: int
+    leader_epoch: int
+
+
+@dataclass(slots=True, kw_only=True)
+class OffsetsForLeaderEpochRequest(Request):
+    """Control: [replica_id, [[topic, [[partition, current_leader_epoch, leader_epoch]]]]]."""
+
+    API_KEY: ClassVar[int] = ApiKey.OFFSETS_FOR_LEADER_EPOCH
+    replica_id: int = CONSUMER_REPLICA_ID
+    topics: list[tuple[str, list[EpochQuery]]] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        return [self.replica_id, [[topic, [[q.partition, q.current_leader_epoch, q.leader_epoch] for q in queries]]
+                                  for topic, queries in self.topics]]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> OffsetsForLeaderEpochRequest:
+        replica_id, rows = _fields(control, "control", 2)
+        path = "topics[].partitions[]."
+        topics = [
+            (_str(topic, "topics[].topic"), [
+                EpochQuery(_int(partition, path + "partition", _I32), _int(current, path + "current_leader_epoch", _I32),
+                           _int(epoch, path + "leader_epoch", _I32))
+                for partition, current, epoch in _rows(partitions, "topics[].partitions", 3)
+            ])
+            for topic, partitions in _rows(rows, "topics", 2)
+        ]
+        return cls(replica_id=_int(replica_id, "replica_id", _I32), topics=topics)
+
+
+@dataclass(slots=True)
+class EpochEndOffset:
+    """The largest epoch <= the asked one in the leader's log and the offset where it ended
+    (-1, -1: the leader cannot tell; the follower falls back to its high watermark)."""
+
+    partition: int
+    error_code: int
+    leader_epoch: int = NO_LEADER_EPOCH
+    end_offset: int = NO_OFFSET
+
+
+@dataclass(slots=True, kw_only=True)
+class OffsetsForLeaderEpochResponse(Response):
+    """Control: [[topic, [[partition, error_code, leader_epoch, end_offset]]]]."""
+
+    API_KEY: ClassVar[int] = ApiKey.OFFSETS_FOR_LEADER_EPOCH
+    topics: list[tuple[str, list[EpochEndOffset]]] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        return [[[topic, [[r.partition, r.error_code, r.leader_epoch, r.end_offset] for r in rows]]
+                 for topic, rows in self.topics]]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> OffsetsForLeaderEpochResponse:
+        (rows,) = _fields(control, "control", 1)
+        path = "topics[].partitions[]."
+        topics = [
+            (_str(topic, "topics[].topic"), [
+                EpochEndOffset(_int(partition, path + "partition", _I32), _int(code, path + "error_code", _I16),
+                               _int(epoch, path + "leader_epoch", _I32), _int(end, path + "end_offset", _I64))
+                for partition, code, epoch, end in _rows(partitions, "topics[].partitions", 4)
+            ])
+            for topic, partitions in _rows(rows, "topics", 2)
+        ]
+        return cls(topics=topics)
+
+
+@dataclass(slots=True)
+class IsrChange:
+    """One partition's requested ISR. `partition_epoch` is the version the leader last saw; the
+    controller refuses a change made from an older one (INVALID_UPDATE_VERSION)."""
+
+    partition: int
+    leader_epoch: int
+    partition_epoch: int
+    isr: list[int]
+
+
+@dataclass(slots=True, kw_only=True)
+class AlterPartitionRequest(Request):
+    """A partition leader asks the controller to commit ISR changes.
+
+    Control: [broker_id, incarnation, [[topic, [[partition, leader_epoch, partition_epoch, [isr]]]]]]."""
+
+    API_KEY: ClassVar[int] = ApiKey.ALTER_PARTITION
+    broker_id: int = NO_NODE_ID
+    incarnation: str = ""
+    topics: list[tuple[str, list[IsrChange]]] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        return [self.broker_id, self.incarnation,
+                [[topic, [[c.partition, c.leader_epoch, c.partition_epoch, list(c.isr)] for c in changes]]
+                 for topic, changes in self.topics]]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> AlterPartitionRequest:
+        broker_id, incarnation, rows = _fields(control, "control", 3)
+        path = "topics[].partitions[]."
+        topics = [
+            (_str(topic, "topics[].topic"), [
+                IsrChange(_int(partition, path + "partition", _I32), _int(epoch, path + "leader_epoch", _I32),
+                          _int(version, path + "partition_epoch", _I32),
+                          [_int(node, path + "isr[]", _I32) for node in _list(isr, path + "isr")])
+                for partition, epoch, version, isr in _rows(partitions, "topics[].partitions", 4)
+            ])
+            for topic, partitions in _rows(rows, "topics", 2)
+        ]
+        return cls(broker_id=_int(broker_id, "broker_id", _I32), incarnation=_str(incarnation, "incarnation"),
+                   topics=topics)
+
+
+@dataclass(slots=True)
+class IsrChangeResult:
+    """The partition's state after the request: committed as asked, or as it already was."""
+
+    partition: int
+    error_code: int
+    error_message: str | None = None
+    leader_id: int = NO_NODE_ID
+    leader_epoch: int = NO_LEADER_EPOCH
+    partition_epoch: int = -1
+    isr: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True, kw_only=True)
+class AlterPartitionResponse(Response):
+    """Control: [error_code, error_message, controller_id, [[topic, [[partition, error_code,
+    error_message, leader_id, leader_epoch, partition_epoch, [isr]]]]]]."""
+
+    API_KEY: ClassVar[int] = ApiKey.ALTER_PARTITION
+    error_code: int = ErrorCode.NONE
+    error_message: str | None = None
+    controller_id: int = NO_NODE_ID
+    topics: list[tuple[str, list[IsrChangeResult]]] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        return [self.error_code, self.error_message, self.controller_id,
+                [[topic, [[r.partition, r.error_code, r.error_message, r.leader_id, r.leader_epoch,
+                           r.partition_epoch, list(r.isr)] for r in rows]]
+                 for topic, rows in self.topics]]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> AlterPartitionResponse:
+        error_code, message, controller_id, rows = _fields(control, "control", 4)
+        path = "topics[].partitions[]."
+        topics = [
+            (_str(topic, "topics[].topic"), [
+                IsrChangeResult(
+                    _int(partition, path + "partition", _I32), _int(code, path + "error_code", _I16),
+                    _opt_str(text, path + "error_message"), _int(leader, path + "leader_id", _I32),
+                    _int(epoch, path + "leader_epoch", _I32), _int(version, path + "partition_epoch", _I32),
+                    [_int(node, path + "isr[]", _I32) for node in _list(isr, path + "isr")])
+                for partition, code, text, leader, epoch, version, isr in _rows(partitions, "topics[].partitions", 7)
+            ])
+            for topic, partitions in _rows(rows, "topics", 2)
+        ]
+        return cls(error_code=_int(error_code, "error_code", _I16), error_message=_opt_str(message, "error_message"),
+                   controller_id=_int(controller_id, "controller_id", _I32), topics=topics)
+
+
+@dataclass(slots=True, kw_only=True)
+class ControlledShutdownRequest(Request):
+    """A broker stopping gracefully asks the controller to move its leaderships to other in-sync
+    replicas first (and to take it out of every ISR), so clients fail over before it goes.
+
+    Control: [broker_id, incarnation]."""
+
+    API_KEY: ClassVar[int] = ApiKey.CONTROLLED_SHUTDOWN
+    broker_id: int = NO_NODE_ID
+    incarnation: str = ""
+
+    def to_control(self) -> list:
+        return [self.broker_id, self.incarnation]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> ControlledShutdownRequest:
+        broker_id, incarnation = _fields(control, "control", 2)
+        return cls(broker_id=_int(broker_id, "broker_id", _I32), incarnation=_str(incarnation, "incarnation"))
+
+
+@dataclass(slots=True, kw_only=True)
+class ControlledShutdownResponse(Response):
+    """`partitions_remaining`: partitions the broker still leads after the change (those with
+    no other in-sync replica to take over).
+
+    Control: [error_code, error_message, controller_id, partitions_remaining]."""
+
+    API_KEY: ClassVar[int] = ApiKey.CONTROLLED_SHUTDOWN
+    error_code: int = ErrorCode.NONE
+    error_message: str | None = None
+    controller_id: int = NO_NODE_ID
+    partitions_remaining: int = 0
+
+    def to_control(self) -> list:
+        return [self.error_code, self.error_message, self.controller_id, self.partitions_remaining]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> ControlledShutdownResponse:
+        error_code, message, controller_id, remaining = _fields(control, "control", 4)
+        return cls(error_code=_int(error_code, "error_code", _I16), error_message=_opt_str(message, "error_message"),
+                   controller_id=_int(controller_id, "controller_id", _I32),
+                   partitions_remaining=_int(remaining, "partitions_remaining", _I32))
+
+
+register_api(OffsetsForLeaderEpochRequest, OffsetsForLeaderEpochResponse)
+register_api(AlterPartitionRequest, AlterPartitionResponse)
+register_api(ControlledShutdownRequest, ControlledShutdownResponse)
+
+
+# --- Consumer groups: FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, -------------
+# --- OffsetCommit, OffsetFetch, ListGroups, DescribeGroups (broker/groups/) -------------------
+# Kafka's API keys and error codes, tidelog's own shapes: the coordinator assigns partitions
+# itself (server-side, as in Kafka's KIP-848), so JoinGroup names the assignor instead of
+# carrying client-side protocol metadata, and SyncGroup hands a member its own assignment.
+# `owned`/`assignment` fields are lists of TopicPartitions: [topic, [partition, ...]].
+
+
+@dataclass(slots=True)
+class TopicPartitions:
+    topic: str
+    partitions: list[int]
+
+
+def _tps_control(rows: list[TopicPartitions]) -> list:
+    return [[row.topic, list(row.partitions)] for row in rows]
+
+
+def _tps(value: Any, path: str) -> list[TopicPartitions]:
+    return [
+        TopicPartitions(_str(topic, path + "[].topic"), _int_list(partitions, path + "[].partitions", _I32))
+        for topic, partitions in _rows(value, path, 2)
+    ]
+
+
+def _error_fields(control: Any, count: int) -> tuple[int, str | None, list | tuple]:
+    """(error_code, error_message, the remaining fields) of a response that starts with both."""
+    row = _fields(control, "control", count)
+    return _int(row[0], "error_code", _I16), _opt_str(row[1], "error_message"), row[2:]
+
+
+@dataclass(slots=True, kw_only=True)
+class FindCoordinatorRequest(Request):
+    """Which broker coordinates the group named `key` (today: the active controller)."""
+
+    API_KEY: ClassVar[int] = ApiKey.FIND_COORDINATOR
+    key: str = ""
+
+    def to_control(self) -> list:
+        return [self.key]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> FindCoordinatorRequest:
+        (key,) = _fields(control, "control", 1)
+        return cls(key=_str(key, "key"))
+
+
+@dataclass(slots=True, kw_only=True)
+class FindCoordinatorResponse(Response):
+    API_KEY: ClassVar[int] = ApiKey.FIND_COORDINATOR
+    error_code: int = ErrorCode.NONE
+    error_message: str | None = None
+    node_id: int = NO_NODE_ID
+    host: str = ""
+    port: int = 0
+
+    def to_control(self) -> list:
+        return [self.error_code, self.error_message, self.node_id, self.host, self.port]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> FindCoordinatorResponse:
+        error_code, message, (node_id, host, port) = _error_fields(control, 5)
+        return cls(error_code=error_code, error_message=message, node_id=_int(node_id, "node_id", _I32),
+                   host=_str(host, "host"), port=_int(port, "port", _U16))
+
+
+@dataclass(slots=True, kw_only=True)
+class JoinGroupRequest(Request):
+    """Join (member_id "") or rejoin a group. `owned` is what the member still holds (kept where
+    no other member holds it: a rejoin after a coordinator change moves nothing)."""
+
+    API_KEY: ClassVar[int] = ApiKey.JOIN_GROUP
+    group_id: str = ""
+    member_id: str = ""
+    group_instance_id: str | None = None
+    client_id: str = ""
+    session_timeout_ms: int = 10_000
+    rebalance_timeout_ms: int = 300_000
+    topics: list[str] = field(default_factory=list)
+    assignor: str = "sticky"
+    owned: list[TopicPartitions] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        return [self.group_id, self.member_id, self.group_instance_id, self.client_id, self.session_timeout_ms,
+                self.rebalance_timeout_ms, list(self.topics), self.assignor, _tps_control(self.owned)]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> JoinGroupRequest:
+        group, member, instance, client, session, rebalance, topics, assignor, owned = _fields(control, "control", 9)
+        return cls(group_id=_str(group, "group_id"), member_id=_str(member, "member_id"),
+                   group_instance_id=_opt_str(instance, "group_instance_id"), client_id=_str(client, "client_id"),
+                   session_timeout_ms=_int(session, "session_timeout_ms", _I32),
+                   rebalance_timeout_ms=_int(rebalance, "rebalance_timeout_ms", _I32),
+                   topics=_str_list(topics, "topics"), assignor=_str(assignor, "assignor"), owned=_tps(owned, "owned"))
+
+
+@dataclass(slots=True, kw_only=True)
+class JoinGroupResponse(Response):
+    API_KEY: ClassVar[int] = ApiKey.JOIN_GROUP
+    error_code: int = ErrorCode.NONE
+    error_message: str | None = None
+    generation: int = -1
+    member_id: str = ""
+    heartbeat_interval_ms: int = 0
+
+    def to_control(self) -> list:
+        return [self.error_code, self.error_message, self.generation, self.member_id, self.heartbeat_interval_ms]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> JoinGroupResponse:
+        error_code, message, (generation, member, interval) = _error_fields(control, 5)
+        return cls(error_code=error_code, error_message=message, generation=_int(generation, "generation", _I32),
+                   member_id=_str(member, "member_id"),
+                   heartbeat_interval_ms=_int(interval, "heartbeat_interval_ms", _I32))
+
+
+@dataclass(slots=True, kw_only=True)
+class SyncGroupRequest(Request):
+    """Report what this member holds and get what it may hold now (its assignment)."""
+
+    API_KEY: ClassVar[int] = ApiKey.SYNC_GROUP
+    group_id: str = ""
+    member_id: str = ""
+    generation: int = -1
+    owned: list[TopicPartitions] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        return [self.group_id, self.member_id, self.generation, _tps_control(self.owned)]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> SyncGroupRequest:
+        group, member, generation, owned = _fields(control, "control", 4)
+        return cls(group_id=_str(group, "group_id"), member_id=_str(member, "member_id"),
+                   generation=_int(generation, "generation", _I32), owned=_tps(owned, "owned"))
+
+
+@dataclass(slots=True, kw_only=True)
+class SyncGroupResponse(Response):
+    """`assignment`: the partitions this member may hold now. `pending`: more are coming once
+    other members release them (the member syncs again when a heartbeat says so)."""
+
+    API_KEY: ClassVar[int] = ApiKey.SYNC_GROUP
+    error_code: int = ErrorCode.NONE
+    error_message: str | None = None
+    generation: int = -1
+    assignment: list[TopicPartitions] = field(default_factory=list)
+    pending: bool = False
+
+    def to_control(self) -> list:
+        return [self.error_code, self.error_message, self.generation, _tps_control(self.assignment), self.pending]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> SyncGroupResponse:
+        error_code, message, (generation, assignment, pending) = _error_fields(control, 5)
+        return cls(error_code=error_code, error_message=message, generation=_int(generation, "generation", _I32),
+                   assignment=_tps(assignment, "assignment"), pending=_bool(pending, "pending"))
+
+
+@dataclass(slots=True, kw_only=True)
+class HeartbeatRequest(Request):
+    API_KEY: ClassVar[int] = ApiKey.HEARTBEAT
+    group_id: str = ""
+    member_id: str = ""
+    generation: int = -1
+
+    def to_control(self) -> list:
+        return [self.group_id, self.member_id, self.generation]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> HeartbeatRequest:
+        group, member, generation = _fields(control, "control", 3)
+        return cls(group_id=_str(group, "group_id"), member_id=_str(member, "member_id"),
+                   generation=_int(generation, "generation", _I32))
+
+
+@dataclass(slots=True, kw_only=True)
+class HeartbeatResponse(Response):
+    """`sync`: this member's assignment changed (or partitions it waits for were released):
+    call SyncGroup now."""
+
+    API_KEY: ClassVar[int] = ApiKey.HEARTBEAT
+    error_code: int = ErrorCode.NONE
+    error_message: str | None = None
+    generation: int = -1
+    sync: bool = False
+
+    def to_control(self) -> list:
+        return [self.error_code, self.error_message, self.generation, self.sync]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> HeartbeatResponse:
+        error_code, message, (generation, sync) = _error_fields(control, 4)
+        return cls(error_code=error_code, error_message=message, generation=_int(generation, "generation", _I32),
+                   sync=_bool(sync, "sync"))
+
+
+@dataclass(slots=True, kw_only=True)
+class LeaveGroupRequest(Request):
+    API_KEY: ClassVar[int] = ApiKey.LEAVE_GROUP
+    group_id: str = ""
+    member_id: str = ""
+    group_instance_id: str | None = None
+    reason: str = ""
+
+    def to_control(self) -> list:
+        return [self.group_id, self.member_id, self.group_instance_id, self.reason]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> LeaveGroupRequest:
+        group, member, instance, reason = _fields(control, "control", 4)
+        return cls(group_id=_str(group, "group_id"), member_id=_str(member, "member_id"),
+                   group_instance_id=_opt_str(instance, "group_instance_id"), reason=_str(reason, "reason"))
+
+
+@dataclass(slots=True, kw_only=True)
+class LeaveGroupResponse(Response):
+    API_KEY: ClassVar[int] = ApiKey.LEAVE_GROUP
+    error_code: int = ErrorCode.NONE
+    error_message: str | None = None
+
+    def to_control(self) -> list:
+        return [self.error_code, self.error_message]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> LeaveGroupResponse:
+        error_code, message, _ = _error_fields(control, 2)
+        return cls(error_code=error_code, error_message=message)
+
+
+@dataclass(slots=True)
+class OffsetCommitPartition:
+    partition: int
+    offset: int
+    metadata: str = ""
+
+
+@dataclass(slots=True)
+class OffsetCommitTopic:
+    topic: str
+    partitions: list[OffsetCommitPartition]
+
+
+@dataclass(slots=True, kw_only=True)
+class OffsetCommitRequest(Request):
+    """Commit offsets (the next offset to read) for a group. A member passes its member_id and
+    generation; a consumer outside the group's membership passes "" and -1 (only accepted
+    while the group has no members)."""
+
+    API_KEY: ClassVar[int] = ApiKey.OFFSET_COMMIT
+    group_id: str = ""
+    member_id: str = ""
+    generation: int = -1
+    topics: list[OffsetCommitTopic] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        topics = [[t.topic, [[p.partition, p.offset, p.metadata] for p in t.partitions]] for t in self.topics]
+        return [self.group_id, self.member_id, self.generation, topics]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> OffsetCommitRequest:
+        group, member, generation, rows = _fields(control, "control", 4)
+        path = "topics[].partitions[]."
+        topics = [
+            OffsetCommitTopic(_str(topic, "topics[].topic"), [
+                OffsetCommitPartition(_int(p, path + "partition", _I32), _int(o, path + "offset", _I64),
+                                      _str(meta, path + "metadata"))
+                for p, o, meta in _rows(partitions, "topics[].partitions", 3)
+            ])
+            for topic, partitions in _rows(rows, "topics", 2)
+        ]
+        return cls(group_id=_str(group, "group_id"), member_id=_str(member, "member_id"),
+                   generation=_int(generation, "generation", _I32), topics=topics)
+
+
+@dataclass(slots=True)
+class PartitionError:
+    partition: int
+    error_code: int
+
+
+@dataclass(slots=True)
+class OffsetCommitTopicResult:
+    topic: str
+    partitions: list[PartitionError]
+
+
+@dataclass(slots=True, kw_only=True)
+class OffsetCommitResponse(Response):
+    """A group-level refusal (unknown member, stale generation, not the coordinator) is in
+    error_code/error_message; otherwise each partition has its own code."""
+
+    API_KEY: ClassVar[int] = ApiKey.OFFSET_COMMIT
+    error_code: int = ErrorCode.NONE
+    error_message: str | None = None
+    topics: list[OffsetCommitTopicResult] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        topics = [[t.topic, [[p.partition, p.error_code] for p in t.partitions]] for t in self.topics]
+        return [self.error_code, self.error_message, topics]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> OffsetCommitResponse:
+        error_code, message, (rows,) = _error_fields(control, 3)
+        path = "topics[].partitions[]."
+        topics = [
+            OffsetCommitTopicResult(_str(topic, "topics[].topic"), [
+                PartitionError(_int(p, path + "partition", _I32), _int(code, path + "error_code", _I16))
+                for p, code in _rows(partitions, "topics[].partitions", 2)
+            ])
+            for topic, partitions in _rows(rows, "topics", 2)
+        ]
+        return cls(error_code=error_code, error_message=message, topics=topics)
+
+
+@dataclass(slots=True, kw_only=True)
+class OffsetFetchRequest(Request):
+    """Committed offsets of a group: of these partitions, or (topics=None) all it has."""
+
+    API_KEY: ClassVar[int] = ApiKey.OFFSET_FETCH
+    group_id: str = ""
+    topics: list[TopicPartitions] | None = None
+
+    def to_control(self) -> list:
+        return [self.group_id, None if self.topics is None else _tps_control(self.topics)]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> OffsetFetchRequest:
+        group, topics = _fields(control, "control", 2)
+        return cls(group_id=_str(group, "group_id"), topics=None if topics is None else _tps(topics, "topics"))
+
+
+@dataclass(slots=True)
+class OffsetFetchPartition:
+    partition: int
+    offset: int  # NO_OFFSET (-1): nothing committed
+    metadata: str = ""
+    error_code: int = ErrorCode.NONE
+
+
+@dataclass(slots=True)
+class OffsetFetchTopic:
+    topic: str
+    partitions: list[OffsetFetchPartition]
+
+
+@dataclass(slots=True, kw_only=True)
+class OffsetFetchResponse(Response):
+    API_KEY: ClassVar[int] = ApiKey.OFFSET_FETCH
+    error_code: int = ErrorCode.NONE
+    error_message: str | None = None
+    topics: list[OffsetFetchTopic] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        topics = [[t.topic, [[p.partition, p.offset, p.metadata, p.error_code] for p in t.partitions]]
+                  for t in self.topics]
+        return [self.error_code, self.error_message, topics]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> OffsetFetchResponse:
+        error_code, message, (rows,) = _error_fields(control, 3)
+        path = "topics[].partitions[]."
+        topics = [
+            OffsetFetchTopic(_str(topic, "topics[].topic"), [
+                OffsetFetchPartition(_int(p, path + "partition", _I32), _int(o, path + "offset", _I64),
+                                     _str(meta, path + "metadata"), _int(code, path + "error_code", _I16))
+                for p, o, meta, code in _rows(partitions, "topics[].partitions", 4)
+            ])
+            for topic, partitions in _rows(rows, "topics", 2)
+        ]
+        return cls(error_code=error_code, error_message=message, topics=topics)
+
+
+@dataclass(slots=True, kw_only=True)
+class ListGroupsRequest(Request):
+    API_KEY: ClassVar[int] = ApiKey.LIST_GROUPS
+
+    def to_control(self) -> list:
+        return []
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> ListGroupsRequest:
+        _fields(control, "control", 0)
+        return cls()
+
+
+@dataclass(slots=True)
+class ListedGroup:
+    group_id: str
+    state: str  # Empty (offsets only), Stable, Reconciling
+    members: int
+
+
+@dataclass(slots=True, kw_only=True)
+class ListGroupsResponse(Response):
+    API_KEY: ClassVar[int] = ApiKey.LIST_GROUPS
+    error_code: int = ErrorCode.NONE
+    error_message: str | None = None
+    groups: list[ListedGroup] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        return [self.error_code, self.error_message, [[g.group_id, g.state, g.members] for g in self.groups]]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> ListGroupsResponse:
+        error_code, message, (rows,) = _error_fields(control, 3)
+        groups = [ListedGroup(_str(g, "groups[].group_id"), _str(s, "groups[].state"), _int(n, "groups[].members", _I32))
+                  for g, s, n in _rows(rows, "groups", 3)]
+        return cls(error_code=error_code, error_message=message, groups=groups)
+
+
+@dataclass(slots=True, kw_only=True)
+class DescribeGroupsRequest(Request):
+    API_KEY: ClassVar[int] = ApiKey.DESCRIBE_GROUPS
+    group_ids: list[str] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        return [list(self.group_ids)]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> DescribeGroupsRequest:
+        (groups,) = _fields(control, "control", 1)
+        return cls(group_ids=_str_list(groups, "group_ids"))
+
+
+@dataclass(slots=True)
+class DescribedMember:
+    member_id: str
+    group_instance_id: str | None
+    client_id: str
+    host: str
+    topics: list[str]
+    assignment: list[TopicPartitions]  # what the member holds now (target once it converged)
+
+
+@dataclass(slots=True)
+class DescribedOffset:
+    topic: str
+    partition: int
+    offset: int
+    metadata: str = ""
+
+
+@dataclass(slots=True)
+class DescribedGroup:
+    group_id: str
+    error_code: int
+    error_message: str | None
+    state: str
+    generation: int
+    assignor: str
+    members: list[DescribedMember]
+    offsets: list[DescribedOffset]
+
+
+def _member_rows(value: Any, path: str) -> list[DescribedMember]:
+    return [
+        DescribedMember(_str(member, path + "[].member_id"), _opt_str(instance, path + "[].group_instance_id"),
+                        _str(client, path + "[].client_id"), _str(host, path + "[].host"),
+                        _str_list(topics, path + "[].topics"), _tps(assignment, path + "[].assignment"))
+        for member, instance, client, host, topics, assignment in _rows(value, path, 6)
+    ]
+
+
+def _offset_rows(value: Any, path: str) -> list[DescribedOffset]:
+    return [
+        DescribedOffset(_str(topic, path + "[].topic"), _int(p, path + "[].partition", _I32),
+                        _int(o, path + "[].offset", _I64), _str(meta, path + "[].metadata"))
+        for topic, p, o, meta in _rows(value, path, 4)
+    ]
+
+
+@dataclass(slots=True, kw_only=True)
+class DescribeGroupsResponse(Response):
+    API_KEY: ClassVar[int] = ApiKey.DESCRIBE_GROUPS
+    groups: list[DescribedGroup] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        return [[
+            [g.group_id, g.error_code, g.error_message, g.state, g.generation, g.assignor,
+             [[m.member_id, m.group_instance_id, m.client_id, m.host, list(m.topics), _tps_control(m.assignment)]
+              for m in g.members],
+             [[o.topic, o.partition, o.offset, o.metadata] for o in g.offsets]]
+            for g in self.groups
+        ]]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> DescribeGroupsResponse:
+        (rows,) = _fields(control, "control", 1)
+        groups = [
+            DescribedGroup(_str(group, "groups[].group_id"), _int(code, "groups[].error_code", _I16),
+                           _opt_str(message, "groups[].error_message"), _str(state, "groups[].state"),
+                           _int(generation, "groups[].generation", _I32), _str(assignor, "groups[].assignor"),
+                           _member_rows(members, "groups[].members"), _offset_rows(offsets, "groups[].offsets"))
+            for group, code, message, state, generation, assignor, members, offsets in _rows(rows, "groups", 8)
+        ]
+        return cls(groups=groups)
+
+
+register_api(FindCoordinatorRequest, FindCoordinatorResponse)
+register_api(JoinGroupRequest, JoinGroupResponse)
+register_api(SyncGroupRequest, SyncGroupResponse)
+register_api(HeartbeatRequest, HeartbeatResponse)
+register_api(LeaveGroupRequest, LeaveGroupResponse)
+register_api(OffsetCommitRequest, OffsetCommitResponse)
+register_api(OffsetFetchRequest, OffsetFetchResponse)
+register_api(ListGroupsRequest, ListGroupsResponse)
+register_api(DescribeGroupsRequest, DescribeGroupsResponse)

@@ -39,6 +39,8 @@ _topic_result = st.builds(m.TopicResult, NAME, I16, OPT_NAME)
 
 # One strategy per registered API: (request, response). A newly registered API without an entry
 # fails test_every_registered_api_is_fuzzed, so the suite grows with the protocol.
+_topic_partitions = st.builds(m.TopicPartitions, NAME, _few(I32))
+
 MESSAGE_STRATEGIES = {
     m.ApiKey.API_VERSIONS: (
         st.builds(m.ApiVersionsRequest, client_software_name=NAME, client_software_version=NAME),
@@ -117,6 +119,73 @@ MESSAGE_STRATEGIES = {
                   commit_index=I64, last_index=I64,
                   voters=_few(st.builds(m.QuorumReplica, I32, I64, I64, NAME, st.booleans())),
                   observers=_few(st.builds(m.QuorumReplica, I32, I64, I64, NAME, st.booleans()))),
+    ),
+    # Replication.
+    m.ApiKey.OFFSETS_FOR_LEADER_EPOCH: (
+        st.builds(m.OffsetsForLeaderEpochRequest, replica_id=I32,
+                  topics=_few(st.tuples(NAME, _few(st.builds(m.EpochQuery, I32, I32, I32))))),
+        st.builds(m.OffsetsForLeaderEpochResponse,
+                  topics=_few(st.tuples(NAME, _few(st.builds(m.EpochEndOffset, I32, I16, I32, I64))))),
+    ),
+    m.ApiKey.CONTROLLED_SHUTDOWN: (
+        st.builds(m.ControlledShutdownRequest, broker_id=I32, incarnation=NAME),
+        st.builds(m.ControlledShutdownResponse, error_code=I16, error_message=OPT_NAME, controller_id=I32,
+                  partitions_remaining=I32),
+    ),
+    m.ApiKey.ALTER_PARTITION: (
+        st.builds(m.AlterPartitionRequest, broker_id=I32, incarnation=NAME,
+                  topics=_few(st.tuples(NAME, _few(st.builds(m.IsrChange, I32, I32, I32, _few(I32)))))),
+        st.builds(m.AlterPartitionResponse, error_code=I16, error_message=OPT_NAME, controller_id=I32,
+                  topics=_few(st.tuples(NAME, _few(st.builds(
+                      m.IsrChangeResult, I32, I16, OPT_NAME, I32, I32, I32, _few(I32)))))),
+    ),
+    # consumer groups
+    m.ApiKey.FIND_COORDINATOR: (
+        st.builds(m.FindCoordinatorRequest, key=NAME),
+        st.builds(m.FindCoordinatorResponse, error_code=I16, error_message=OPT_NAME, node_id=I32, host=NAME, port=U16),
+    ),
+    m.ApiKey.JOIN_GROUP: (
+        st.builds(m.JoinGroupRequest, group_id=NAME, member_id=NAME, group_instance_id=OPT_NAME, client_id=NAME,
+                  session_timeout_ms=I32, rebalance_timeout_ms=I32, topics=_few(NAME), assignor=NAME,
+                  owned=_few(_topic_partitions)),
+        st.builds(m.JoinGroupResponse, error_code=I16, error_message=OPT_NAME, generation=I32, member_id=NAME,
+                  heartbeat_interval_ms=I32),
+    ),
+    m.ApiKey.SYNC_GROUP: (
+        st.builds(m.SyncGroupRequest, group_id=NAME, member_id=NAME, generation=I32, owned=_few(_topic_partitions)),
+        st.builds(m.SyncGroupResponse, error_code=I16, error_message=OPT_NAME, generation=I32,
+                  assignment=_few(_topic_partitions), pending=st.booleans()),
+    ),
+    m.ApiKey.HEARTBEAT: (
+        st.builds(m.HeartbeatRequest, group_id=NAME, member_id=NAME, generation=I32),
+        st.builds(m.HeartbeatResponse, error_code=I16, error_message=OPT_NAME, generation=I32, sync=st.booleans()),
+    ),
+    m.ApiKey.LEAVE_GROUP: (
+        st.builds(m.LeaveGroupRequest, group_id=NAME, member_id=NAME, group_instance_id=OPT_NAME, reason=NAME),
+        st.builds(m.LeaveGroupResponse, error_code=I16, error_message=OPT_NAME),
+    ),
+    m.ApiKey.OFFSET_COMMIT: (
+        st.builds(m.OffsetCommitRequest, group_id=NAME, member_id=NAME, generation=I32, topics=_few(st.builds(
+            m.OffsetCommitTopic, NAME, _few(st.builds(m.OffsetCommitPartition, I32, I64, NAME))))),
+        st.builds(m.OffsetCommitResponse, error_code=I16, error_message=OPT_NAME, topics=_few(st.builds(
+            m.OffsetCommitTopicResult, NAME, _few(st.builds(m.PartitionError, I32, I16))))),
+    ),
+    m.ApiKey.OFFSET_FETCH: (
+        st.builds(m.OffsetFetchRequest, group_id=NAME, topics=st.none() | _few(_topic_partitions)),
+        st.builds(m.OffsetFetchResponse, error_code=I16, error_message=OPT_NAME, topics=_few(st.builds(
+            m.OffsetFetchTopic, NAME, _few(st.builds(m.OffsetFetchPartition, I32, I64, NAME, I16))))),
+    ),
+    m.ApiKey.LIST_GROUPS: (
+        st.builds(m.ListGroupsRequest),
+        st.builds(m.ListGroupsResponse, error_code=I16, error_message=OPT_NAME,
+                  groups=_few(st.builds(m.ListedGroup, NAME, NAME, I32))),
+    ),
+    m.ApiKey.DESCRIBE_GROUPS: (
+        st.builds(m.DescribeGroupsRequest, group_ids=_few(NAME)),
+        st.builds(m.DescribeGroupsResponse, groups=_few(st.builds(
+            m.DescribedGroup, NAME, I16, OPT_NAME, NAME, I32, NAME,
+            _few(st.builds(m.DescribedMember, NAME, OPT_NAME, NAME, NAME, _few(NAME), _few(_topic_partitions))),
+            _few(st.builds(m.DescribedOffset, NAME, I32, I64, NAME))))),
     ),
 }
 

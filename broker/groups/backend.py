@@ -1,0 +1,61 @@
+"""The group coordinator's view of the controller, and its wiring into a broker."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from client.protocol.errors import ErrorCode
+
+from broker.controller import Controller, ControllerError
+from broker.groups.assignors import TP
+from broker.groups.coordinator import GroupCoordinator, GroupError, GroupSettings
+from broker.logging import get_logger
+
+
+class ControllerBackend:
+    """GroupBackend over the metadata controller: offsets live in its image and are committed
+    through its Raft log; the coordinator is active exactly while the controller is."""
+
+    def __init__(self, controller: Controller):
+        self.controller = controller
+
+    def active_term(self) -> int:
+        return self.controller.active_term
+
+    def not_coordinator(self) -> str:
+        leader = self.controller.image.controller_id
+        node = self.controller.node_id
+        if leader >= 0 and leader != node:
+            return f"node {node} is not the group coordinator; node {leader} (the active controller) is"
+        return f"node {node} is not the group coordinator: {self.controller.not_controller().message}"
+
+    def partition_counts(self) -> dict[str, int]:
+        return {name: len(topic.partitions) for name, topic in self.controller.image.topics.items()}
+
+    def committed(self, group: str) -> dict[TP, tuple[int, str]]:
+        offsets = self.controller.image.offsets.get(group, {})
+        return {tp: (o.offset, o.metadata) for tp, o in offsets.items()}
+
+    def groups_with_offsets(self) -> Iterable[str]:
+        return [group for group, offsets in self.controller.image.offsets.items() if offsets]
+
+    async def commit(self, records: list[list]) -> None:
+        try:
+            await self.controller.commit_group_records(records)
+        except ControllerError as exc:
+            code = ErrorCode.NOT_COORDINATOR if exc.code == ErrorCode.NOT_CONTROLLER else exc.code
+            raise GroupError(code, f"offsets not committed: {exc.message}") from None
+
+
+def group_coordinator(controller: Controller, config) -> GroupCoordinator:
+    """The coordinator a broker serves group APIs with (broker/server.py)."""
+    settings = GroupSettings(
+        min_session_timeout_ms=config.group_min_session_timeout_ms,
+        max_session_timeout_ms=config.group_max_session_timeout_ms,
+        group_max_size=config.group_max_size,
+        groups_max=config.groups_max,
+        rejoin_grace_ms=config.group_rejoin_grace_ms,
+        offset_metadata_bytes_max=config.offset_metadata_bytes_max,
+    )
+    return GroupCoordinator(ControllerBackend(controller), settings, clock=controller.clock,
+                            log=get_logger("broker.groups"))
