@@ -76,22 +76,42 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
         "status", help="voters, controller leader, term, commit index, each voter's lag, brokers")
     _add_common(status)
 
+    from broker.cli_security import add_security_commands
+
+    add_security_commands(sub, _add_common)  # users, acls (broker/cli_security.py)
+
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", default=os.environ.get("TIDELOG_BOOTSTRAP", DEFAULT_BOOTSTRAP),
                         help="HOST:PORT[,HOST:PORT...] (default $TIDELOG_BOOTSTRAP or 127.0.0.1:9292)")
     parser.add_argument("--request-timeout-ms", type=int, default=10_000)
+    from broker.cli_security import add_command_config_flag
+
+    add_command_config_flag(parser)  # TLS / SASL settings of the client (broker/cli_security.py)
+
+
+def _security(args: argparse.Namespace) -> dict[str, Any]:
+    from broker.cli_security import security_kwargs
+
+    return security_kwargs(args)
+
+
+def _sdk_security(args: argparse.Namespace) -> Any:
+    from client.security import SecurityConfig
+
+    return SecurityConfig.from_kwargs(**_security(args))
 
 
 def run_client_command(args: argparse.Namespace) -> int:
     """Run one client command; map every SDK error to one line on stderr and exit 1."""
+    from broker.cli_security import CommandConfigError
     from client.errors import TidelogError
 
     handler = {"topics": _topics, "produce": _produce, "consume": _consume, "groups": _groups,
                "cluster": _cluster}[args.command]
     try:
         return asyncio.run(handler(args))
-    except (TidelogError, CliError, OSError) as exc:
+    except (TidelogError, CliError, CommandConfigError, OSError) as exc:
         print(f"tidelog: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -101,7 +121,8 @@ def run_client_command(args: argparse.Namespace) -> int:
 async def _topics(args: argparse.Namespace) -> int:
     from client import Admin
 
-    async with Admin(bootstrap_servers=args.bootstrap, request_timeout_ms=args.request_timeout_ms) as admin:
+    async with Admin(bootstrap_servers=args.bootstrap, request_timeout_ms=args.request_timeout_ms,
+                     **_security(args)) as admin:
         command = args.topics_command
         if command == "create":
             config = _parse_config(args.config)
@@ -151,7 +172,7 @@ async def _produce(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     sent = 0
     async with Producer(bootstrap_servers=args.bootstrap, acks=acks, linger_ms=args.linger_ms,
-                        request_timeout_ms=args.request_timeout_ms) as producer:
+                        request_timeout_ms=args.request_timeout_ms, **_security(args)) as producer:
         pending = []
         while True:
             line = await loop.run_in_executor(None, sys.stdin.buffer.readline)
@@ -185,7 +206,7 @@ async def _consume(args: argparse.Namespace) -> int:
         loop.add_signal_handler(signum, stop.set)
     reset = "earliest" if args.from_beginning else "latest"
     kwargs: dict[str, Any] = dict(bootstrap_servers=args.bootstrap, auto_offset_reset=reset,
-                                  request_timeout_ms=args.request_timeout_ms)
+                                  request_timeout_ms=args.request_timeout_ms, **_security(args))
     if args.group:
         kwargs["group_id"] = args.group
     received = 0
@@ -226,7 +247,8 @@ def _format(record: Any, args: argparse.Namespace) -> bytes:
 async def _groups(args: argparse.Namespace) -> int:
     from client import Admin
 
-    async with Admin(bootstrap_servers=args.bootstrap, request_timeout_ms=args.request_timeout_ms) as admin:
+    async with Admin(bootstrap_servers=args.bootstrap, request_timeout_ms=args.request_timeout_ms,
+                     **_security(args)) as admin:
         if args.groups_command == "list":
             for group in await admin.list_groups():
                 print(group)
@@ -260,7 +282,8 @@ def _print_group(group: Any) -> None:
 async def _cluster(args: argparse.Namespace) -> int:
     from client import Admin
 
-    async with Admin(bootstrap_servers=args.bootstrap, request_timeout_ms=args.request_timeout_ms) as admin:
+    async with Admin(bootstrap_servers=args.bootstrap, request_timeout_ms=args.request_timeout_ms,
+                     **_security(args)) as admin:
         description = await admin.describe_cluster()
         quorum, description = await _describe_quorum(admin, description, args)
     addresses = {b.node_id: f"{b.host}:{b.port}" for b in description.brokers}
@@ -299,7 +322,7 @@ async def _describe_quorum(admin: Any, description: Any, args: argparse.Namespac
         address = brokers.get(description.controller_id)
         if address is not None:
             try:
-                conn = await Connection.open(*address, node_id=description.controller_id,
+                conn = await Connection.open(*address, node_id=description.controller_id, security=_sdk_security(args),
                                              request_timeout_ms=max(1.0, (deadline - loop.time()) * 1000))
                 try:
                     response = await conn.request(DescribeQuorumRequest())

@@ -63,6 +63,30 @@ def _voters(value: str | None) -> str | None:
     return None
 
 
+def _readable_file(value: str | None) -> str | None:
+    if value is None:
+        return None
+    return None if os.path.isfile(value) and os.access(value, os.R_OK) else "is not a readable file"
+
+
+def _principals(value: str | None) -> str | None:
+    for item in (value or "").split(","):
+        item = item.strip()
+        if item and (not item.startswith("User:") or len(item) <= 5):
+            return f"lists {item!r}, which is not User:<name>"
+    return None
+
+
+def _quota_overrides(value: str | None) -> str | None:
+    from broker.security.quotas import parse_quota_overrides
+
+    try:
+        parse_quota_overrides(value)
+    except ValueError as exc:
+        return f"is wrong: {exc}"
+    return None
+
+
 def setting(default: Any, meaning: str, check: Callable[[Any], str | None] | None = None) -> Any:
     return field(default=default, metadata={"meaning": meaning, "check": check})
 
@@ -98,6 +122,7 @@ class BrokerConfig:
     replica_fetch_bytes_max: int = setting(8 * MiB, "record bytes a follower's fetch asks for, all partitions together", _positive)
     replica_fetch_partition_bytes_max: int = setting(1 * MiB, "record bytes per partition in a follower's fetch (at least one batch)", _positive)
     replica_fetch_backoff_ms: int = setting(200, "a follower's pause after a failed fetch before it tries again", _positive)
+    producer_ids_per_partition_max: int = setting(10_000, "idempotent producers remembered per partition; the least recently written are forgotten past it", _positive)
     controlled_shutdown_timeout_ms: int = setting(10_000, "on a graceful stop, how long to wait for the controller to move this broker's leaderships away", _positive)
     auto_leader_rebalance: bool = setting(True, "move leadership back to each partition's preferred (first) replica once it is in sync")
     # Log defaults (topics may override them).
@@ -123,6 +148,22 @@ class BrokerConfig:
     groups_max: int = setting(10_000, "groups with members the coordinator holds at once", _positive)
     group_rejoin_grace_ms: int = setting(10_000, "a new coordinator hands out no partition nobody rejoined with for this long (groups with offsets)", _non_negative)
     offset_metadata_bytes_max: int = setting(4096, "largest metadata string of one committed offset", _non_negative)
+    # Security (broker/security/; README "Securing tidelog"). One listener serves clients and peers.
+    security_protocol: str = setting("PLAINTEXT", "PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL (SCRAM-SHA-256 logins); also what brokers use to reach each other", _one_of("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
+    ssl_certfile: str | None = setting(None, "PEM certificate (chain) of this broker, for SSL/SASL_SSL; also shown to peers that ask for a client certificate", _readable_file)
+    ssl_keyfile: str | None = setting(None, "PEM private key of ssl_certfile", _readable_file)
+    ssl_cafile: str | None = setting(None, "PEM CA bundle that client certificates and peer brokers are verified against", _readable_file)
+    ssl_client_auth: str = setting("none", "client certificates: none, requested or required (the certificate's CN becomes the principal User:<CN>)", _one_of("none", "requested", "required"))
+    ssl_check_hostname: bool = setting(True, "when connecting to a peer broker over TLS, check its certificate names the address it was reached at")
+    broker_username: str | None = setting(None, "SCRAM user this broker logs in to its peers as (SASL_*); a super user, checked against broker_password, never stored in metadata")
+    broker_password: str | None = setting(None, "password of broker_username; every broker of a cluster has the same (prefer TIDELOG_BROKER_PASSWORD to the config file)")
+    super_users: str | None = setting(None, "principals that skip ACL checks, e.g. User:admin,User:broker1 (the broker_username is always one)", _principals)
+    acls_enabled: bool = setting(False, "check every request against ACLs (deny when no ACL allows it); super_users are exempt")
+    quota_produce_bytes_per_s: int = setting(0, "produce bytes per second each principal may send (0: unlimited); answers are delayed, never dropped", _non_negative)
+    quota_fetch_bytes_per_s: int = setting(0, "fetch bytes per second each principal may receive (0: unlimited)", _non_negative)
+    quota_overrides: str | None = setting(None, "per-principal quotas, e.g. User:alice=produce:1048576/fetch:2097152,User:bob=fetch:0", _quota_overrides)
+    connections_per_ip_max: int = setting(200, "open connections from one IP address; more are closed on accept (Kafka's max.connections.per.ip)", _positive)
+    request_read_timeout_ms: int = setting(30_000, "a request frame (or TLS handshake) must arrive whole within this once it starts; a slower one closes the connection (slow-loris)", _positive)
 
     @property
     def listen_host(self) -> str:

@@ -41,7 +41,7 @@ import socket
 from collections import deque
 from typing import TYPE_CHECKING, Any, Sequence
 
-from client.protocol.errors import ErrorCode, FrameError
+from client.protocol.errors import ErrorCode, FrameError, FrameTooLargeError
 from client.protocol.frames import NEED_DATA, FrameDecoder, RequestFrame
 
 if TYPE_CHECKING:
@@ -94,15 +94,27 @@ class BrokerConnection(asyncio.BufferedProtocol):
         self._idle_timer: asyncio.TimerHandle | None = None
         self._drained: asyncio.Future | None = None
         self._discard: bytearray | None = None
+        self._peer_gone = False  # a TLS peer sent EOF: abort rather than close
+        self._tls = False  # the transport is TLS (set on connect)
         self.peer = "unknown"
+        self.ip = "unknown"
+        # Security (broker/security/): the connection's principal and SASL state; None when the
+        # broker checks nothing per request.
+        self.session = None
+        # Slow-loris: when the frame being received started arriving (None: no partial frame).
+        self._read_timeout_s = config.request_read_timeout_ms / 1000
+        self._partial_since: float | None = None
+        self._read_timer: asyncio.TimerHandle | None = None
 
     # --- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        self._tls = transport.get_extra_info("sslcontext") is not None
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = f"{peer[0]}:{peer[1]}"
+            self.ip = str(peer[0])
         if not self._broker.connection_opened(self):
             self._closed = True
             transport.abort()  # over connections_max: refused at accept, nothing read
@@ -114,6 +126,8 @@ class BrokerConnection(asyncio.BufferedProtocol):
             except OSError:  # pragma: no cover - not a TCP socket
                 pass
         self._idle_timer = self._loop.call_later(self._idle_s, self._on_idle_timer)
+        if self._broker.dispatcher.security is not None:
+            self.session = self._broker.security.new_session(transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._accepting:
@@ -147,6 +161,11 @@ class BrokerConnection(asyncio.BufferedProtocol):
         self._accepting = False
         self._close_when_drained = True
         self._maybe_close()
+        if self._tls:
+            # TLS has no half-close: the peer is gone, so closing must not wait for its close_notify
+            # (ssl_shutdown_timeout); what is in progress is finished, then the transport aborted.
+            self._peer_gone = True
+            return None
         return True  # keep our half open until in-progress responses are written
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -154,6 +173,8 @@ class BrokerConnection(asyncio.BufferedProtocol):
         self._accepting = False
         if self._idle_timer is not None:
             self._idle_timer.cancel()
+        if self._read_timer is not None:
+            self._read_timer.cancel()
         self._out = []
         for slot in self._pending:
             if slot.task is not None and not slot.task.done():
@@ -175,6 +196,7 @@ class BrokerConnection(asyncio.BufferedProtocol):
 
     def _process(self) -> None:
         """Dispatch whole frames from the decoder while limits allow, then adjust reading."""
+        partial = False
         while self._accepting and not self._writing_paused and len(self._pending) < self._in_flight_max:
             try:
                 frame = self._decoder.next_frame()
@@ -182,8 +204,39 @@ class BrokerConnection(asyncio.BufferedProtocol):
                 self._on_frame_error(exc)
                 return
             if frame is NEED_DATA:
+                partial = self._decoder.buffered_bytes > 0
                 break
+            self._partial_since = None
             self._start(frame)  # type: ignore[arg-type]
+        self._note_partial(partial)
+        self._update_reading()
+
+    def _note_partial(self, partial: bool) -> None:
+        """Start (or stop) the clock on a frame that has begun to arrive (request_read_timeout_ms)."""
+        if not partial:
+            self._partial_since = None
+        elif self._partial_since is None:
+            self._partial_since = self._loop.time()
+            if self._read_timer is None:
+                self._read_timer = self._loop.call_later(self._read_timeout_s, self._on_read_timeout)
+
+    def _on_read_timeout(self) -> None:
+        self._read_timer = None
+        if self._closed or self._partial_since is None:
+            return
+        now = self._loop.time()
+        if self._reading_paused:  # our own flow control holds the rest back: not the client's fault
+            self._partial_since = now
+        waited_s = now - self._partial_since
+        if waited_s < self._read_timeout_s:
+            self._read_timer = self._loop.call_later(self._read_timeout_s - waited_s, self._on_read_timeout)
+            return
+        self._broker.security.stats.slow_frames_closed += 1
+        self._broker.warn_bad_input("slow_frame", self.peer, buffered_bytes=self._decoder.buffered_bytes,
+                                    waited_ms=int(waited_s * 1000))
+        self._accepting = False
+        self._close_when_drained = True
+        self._maybe_close()
         self._update_reading()
 
     def _start(self, frame: RequestFrame) -> None:
@@ -195,7 +248,7 @@ class BrokerConnection(asyncio.BufferedProtocol):
 
     async def _run(self, slot: _Slot, frame: RequestFrame) -> None:
         try:
-            parts = await self._broker.dispatcher.dispatch(frame, self.peer)
+            parts = await self._broker.dispatcher.dispatch(frame, self.peer, self.session)
         except Exception:  # the dispatcher answers handler crashes itself; this is the last guard
             self._broker.log.error("dispatch_failed", exc_info=True, peer=self.peer, api_key=frame.api_key)
             parts = self._broker.dispatcher.error_response(
@@ -203,6 +256,9 @@ class BrokerConnection(asyncio.BufferedProtocol):
             )
         slot.parts = parts
         slot.done = True
+        if self.session is not None and self.session.close_requested and self._accepting:
+            self._accepting = False  # authentication failed or was skipped: answer, then close
+            self._close_when_drained = True
         self._in_flight_bytes -= slot.request_bytes
         self._last_activity = self._loop.time()
         self._flush()
@@ -235,6 +291,8 @@ class BrokerConnection(asyncio.BufferedProtocol):
 
     def _on_frame_error(self, exc: FrameError) -> None:
         self._broker.warn_bad_input("bad_frame", self.peer, error=type(exc).__name__, detail=exc.message)
+        if isinstance(exc, FrameTooLargeError):
+            self._broker.security.stats.frames_too_large += 1
         self._accepting = False
         self._close_when_drained = True
         correlation_id = getattr(exc, "correlation_id", None)
@@ -263,6 +321,8 @@ class BrokerConnection(asyncio.BufferedProtocol):
                 or busy >= self._in_flight_max
                 or (busy and held > self._buffer_bytes_max)
             ):
+                if busy >= self._in_flight_max:
+                    self._broker.security.stats.in_flight_pauses += 1
                 self._reading_paused = True
                 transport.pause_reading()
         elif (
@@ -308,7 +368,10 @@ class BrokerConnection(asyncio.BufferedProtocol):
     def _maybe_close(self) -> None:
         if self._close_when_drained and not self._pending and not self._closed and self._transport is not None:
             self._write_out()
-            self._transport.close()
+            if self._peer_gone:
+                self._transport.abort()
+            else:
+                self._transport.close()
 
     def _wake_drained(self) -> None:
         if self._drained is not None and not self._drained.done() and (self._closed or not self._pending):
@@ -331,6 +394,11 @@ class BrokerConnection(asyncio.BufferedProtocol):
         """Close after writing what is buffered; in-progress requests are cancelled."""
         if self._transport is not None and not self._closed:
             self._write_out()
+            if self._tls and self._reading_paused:
+                # asyncio's TLS layer parks a peer's EOF while reading is paused and would then wait
+                # for it forever on close: let it read, so the TLS shutdown can complete (or time out).
+                self._reading_paused = False
+                self._transport.resume_reading()
             self._transport.close()
 
     def abort(self) -> None:

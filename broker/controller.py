@@ -172,6 +172,7 @@ class Controller:
         # Brokers in controlled shutdown (this term): never elected, never let back into an ISR,
         # never unfenced, until they register again as a new process.
         self._shutting_down: set[int] = set()
+        self._producer_ids_reserved = 0  # ids proposed but maybe not applied yet (this node)
         self._pending: dict[str, asyncio.Future] = {}  # topic name -> create/delete in flight
         self._pending_registration: dict[int, tuple[str, asyncio.Future]] = {}
         self._reconcile_write: asyncio.Future | None = None
@@ -509,6 +510,16 @@ class Controller:
                 self.log.info("isr_changed", topic=topic, partition=partition, leader=broker_id, isr=",".join(map(str, isr)))
         return outcomes
 
+    async def allocate_producer_id(self) -> int:
+        """A producer id no producer ever had: committed (["producer_ids", id + 1]) before it is
+        handed out, so a controller failover cannot hand it out again. Ids requested in one
+        loop iteration share a Raft entry."""
+        self._require_active()
+        producer_id = max(self.image.next_producer_id, self._producer_ids_reserved)
+        self._producer_ids_reserved = producer_id + 1
+        await self._wait(self._propose([["producer_ids", producer_id + 1]]))
+        return producer_id
+
     def _electable(self) -> set[int]:
         """Registered, unfenced brokers not shutting down: those that may lead or join an ISR."""
         return {b.node_id for b in self.image.live_brokers()} - self._shutting_down
@@ -633,6 +644,11 @@ class Controller:
         """The Raft term this node is the active controller in, -1 when it is not. The group
         coordinator starts afresh whenever this changes (members rejoin; offsets are in the image)."""
         return self._active_term if self.active else -1
+
+    async def commit_security_records(self, records: list[list]) -> None:
+        """Commit user-credential and ACL records (broker/security/admin.py validates them);
+        returns once they are committed by a majority and applied here."""
+        await self._wait(self._propose(records))
 
     async def commit_group_records(self, records: list[list]) -> None:
         """Commit group records (["offset_commit", ...], ["delete_group", ...]); returns once they

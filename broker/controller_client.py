@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 from client.connection import Connection
 from client.errors import TidelogError
 from client.protocol.errors import ErrorCode
@@ -48,9 +49,10 @@ class ControllerChannel:
     """Requests to the active controller over one kept connection (see the module docstring)."""
 
     def __init__(self, node_id: int, voters: dict[int, tuple[str, int]], driver: RaftDriver, *,
-                 request_timeout_ms: int, log: StructuredLogger):
+                 request_timeout_ms: int, log: StructuredLogger, security: Any = None):
         self.node_id = node_id
         self.voters = voters
+        self.security = security  # client.security.SecurityConfig for the controller connection
         self.driver = driver
         self.request_timeout_ms = request_timeout_ms
         self.log = log
@@ -89,7 +91,8 @@ class ControllerChannel:
             host, port = self.voters[leader]
             try:
                 conn = await Connection.open(host, port, node_id=leader, request_timeout_ms=self.request_timeout_ms,
-                                             required_apis=CONTROLLER_APIS, client_id=f"tidelog-broker-{self.node_id}")
+                                             required_apis=CONTROLLER_APIS, client_id=f"tidelog-broker-{self.node_id}",
+                                             security=self.security)
             except TidelogError as exc:
                 raise ControllerError(ErrorCode.NOT_CONTROLLER, f"controller {leader} unreachable: {exc}") from None
             self._conn, self._conn_leader = conn, leader

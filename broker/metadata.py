@@ -14,6 +14,7 @@ accept records without them):
           assignment: [[replica node ids] per partition]; leaders start at replicas[0], epoch 0,
           ISR = replicas
     ["delete_topic", name]
+    ["producer_ids", next_id]                                       producer ids below next_id are handed out
     ["topic_config", name, configs]                                 a topic's configs, the full new dict
     ["partition", name, partition, leader, leader_epoch, isr, replicas?, expected_partition_epoch?]
           leader/ISR change (replicas: optional, absent or None = unchanged). Every applied
@@ -26,6 +27,11 @@ accept records without them):
     ["offset_commit", group, topic, partition, offset, metadata]    a group's committed offset
           (written by the group coordinator, broker/groups/; offset -1 removes the entry)
     ["delete_group", group]                                         drop every committed offset of a group
+    ["scram_user", user, mechanism, iterations, salt, stored_key, server_key]
+          a user's SCRAM credential (broker/security/): salted keys only, never a password
+    ["delete_scram_user", user, mechanism]
+    ["acl", principal, resource_type, resource_name, pattern_type, operation, permission, host]
+    ["delete_acl", principal, resource_type, resource_name, pattern_type, operation, permission, host]
 """
 
 from __future__ import annotations
@@ -88,7 +94,13 @@ class MetadataImage:
         self.brokers: dict[int, BrokerState] = {}
         self.topics: dict[str, TopicState] = {}
         self.offsets: dict[str, dict[tuple[str, int], CommittedOffset]] = {}
+        # Security (broker/security/): user -> (mechanism, iterations, salt, stored_key, server_key),
+        # and the ACL bindings as 7-tuples; acls_version moves on every ACL change (caches key on it).
+        self.scram_users: dict[str, tuple[str, int, bytes, bytes, bytes]] = {}
+        self.acls: set[tuple[str, str, str, str, str, str, str]] = set()
+        self.acls_version = 0
         self.applied_records = 0
+        self.next_producer_id = 0  # the first producer id not handed out yet
 
     def apply(self, record: list) -> None:
         kind = record[0]
@@ -124,6 +136,10 @@ class MetadataImage:
                     if len(record) > 6 and record[6] is not None:
                         state.replicas = list(record[6])
                     state.partition_epoch += 1
+        elif kind == "producer_ids":
+            # Ids below it are handed out; it only grows, so a replayed or reordered record
+            # can never hand an id out twice.
+            self.next_producer_id = max(self.next_producer_id, record[1])
         elif kind == "cluster":
             self.cluster_id = record[1]
         elif kind == "offset_commit":
@@ -134,6 +150,16 @@ class MetadataImage:
                 self.offsets.setdefault(group, {})[(topic, partition)] = CommittedOffset(offset, metadata)
         elif kind == "delete_group":
             self.offsets.pop(record[1], None)
+        elif kind == "scram_user":
+            self.scram_users[record[1]] = (record[2], record[3], bytes(record[4]), bytes(record[5]), bytes(record[6]))
+        elif kind == "delete_scram_user":
+            self.scram_users.pop(record[1], None)
+        elif kind == "acl":
+            self.acls.add(tuple(record[1:8]))
+            self.acls_version += 1
+        elif kind == "delete_acl":
+            self.acls.discard(tuple(record[1:8]))
+            self.acls_version += 1
         else:
             raise ValueError(f"unknown metadata record kind {kind!r}")
         self.applied_records += 1
@@ -155,6 +181,7 @@ class MetadataImage:
             "version": SNAPSHOT_VERSION,
             "cluster_id": self.cluster_id,
             "applied_records": self.applied_records,
+            "next_producer_id": self.next_producer_id,
             "brokers": [[b.node_id, b.host, b.port, b.incarnation, b.fenced]
                         for b in sorted(self.brokers.values(), key=lambda b: b.node_id)],
             "topics": [
@@ -166,6 +193,8 @@ class MetadataImage:
             "offsets": [[group, topic, partition, o.offset, o.metadata]
                         for group, by_partition in self.offsets.items()
                         for (topic, partition), o in by_partition.items()],
+            "scram_users": [[user, *credential] for user, credential in sorted(self.scram_users.items())],
+            "acls": [list(acl) for acl in sorted(self.acls)],
         }, use_bin_type=True)
 
     @classmethod
@@ -175,6 +204,7 @@ class MetadataImage:
             raise ValueError(f"metadata snapshot version {snap.get('version')!r} is not {SNAPSHOT_VERSION}")
         image = cls(snap["cluster_id"])
         image.applied_records = snap["applied_records"]
+        image.next_producer_id = snap.get("next_producer_id", 0)
         for node_id, host, port, incarnation, fenced in snap["brokers"]:
             image.brokers[node_id] = BrokerState(node_id, host, port, incarnation, fenced)
         for name, topic_id, factor, configs, partitions in snap["topics"]:
@@ -185,6 +215,10 @@ class MetadataImage:
             ])
         for group, topic, partition, offset, metadata in snap["offsets"]:
             image.offsets.setdefault(group, {})[(topic, partition)] = CommittedOffset(offset, metadata)
+        for user, mechanism, iterations, salt, stored_key, server_key in snap.get("scram_users", ()):
+            image.scram_users[user] = (mechanism, iterations, salt, stored_key, server_key)
+        image.acls = {tuple(acl) for acl in snap.get("acls", ())}
+        image.acls_version = 1 if image.acls else 0
         return image
 
 

@@ -41,6 +41,7 @@ from client.protocol.messages import ApiKey, api_name
 from client.protocol.records import HEADER_BYTES, LENGTH_PREFIX_BYTES
 
 from broker.metadata import NO_LEADER
+from broker.quorum_metrics import metadata_ready_reason, quorum_families
 
 if TYPE_CHECKING:
     from broker.server import Broker
@@ -228,9 +229,9 @@ class BrokerCollector(Collector):
         yield CounterMetricFamily("tidelog_connections_idle_closed", "connections closed after connection_idle_ms", value=stats.connections_idle_closed)
         yield CounterMetricFamily("tidelog_bad_input", "malformed or rejected client input (rate-limited warnings in the log)", value=stats.bad_input)
         yield GaugeMetricFamily("tidelog_partitions_recovered", "partitions recovered at start-up (the last stop was not clean)", value=stats.partitions_recovered)
-        deleted = getattr(stats, "retention_segments_deleted", None)
-        if deleted is not None:  # counted by the broker once it records storage events in BrokerStats
-            yield CounterMetricFamily("tidelog_retention_segments_deleted", "log segments deleted by retention", value=deleted)
+        yield CounterMetricFamily("tidelog_log_segments_rolled", "active log segments sealed and replaced by a new one (size, age)", value=stats.segments_rolled)
+        yield CounterMetricFamily("tidelog_retention_segments_deleted", "log segments deleted by retention (time or size)", value=stats.retention_segments_deleted)
+        yield CounterMetricFamily("tidelog_retention_deleted_bytes", "log bytes of the segments deleted by retention", value=stats.retention_bytes_deleted)
 
     def _partitions(self) -> Iterator[Any]:
         broker = self.broker
@@ -258,6 +259,9 @@ class BrokerCollector(Collector):
         led, under, offline = partition_health(broker.metadata.image, broker.config.node_id)
         yield GaugeMetricFamily("tidelog_leader_partitions", "partitions this broker leads (Kafka LeaderCount)", value=led)
         yield GaugeMetricFamily("tidelog_under_replicated_partitions", "partitions led here whose ISR is smaller than the replica set (Kafka UnderReplicatedPartitions)", value=under)
+        under_min = sum(1 for p in replicas.partitions.values() if p.leader_state is not None and len(p.isr) < p.min_insync_replicas)
+        yield GaugeMetricFamily("tidelog_under_min_isr_partitions", "partitions led here whose ISR is below min.insync.replicas: "
+                                "acks=all writes to them fail (Kafka UnderMinIsrPartitionCount)", value=under_min)
         yield GaugeMetricFamily("tidelog_offline_partitions", "partitions in the cluster with no live leader, as this broker's metadata image sees them (Kafka OfflinePartitionsCount)", value=offline)
         yield GaugeMetricFamily("tidelog_stray_partitions", "logs on disk the metadata does not assign here (kept, see the log)", value=len(replicas.strays))
         yield CounterMetricFamily("tidelog_isr_shrinks", "committed ISR shrinks of partitions led here (Kafka IsrShrinksPerSec)", value=replicas.isr_shrinks)
@@ -313,13 +317,17 @@ class BrokerMetrics:
         self.observer = RequestObserver()
         self.ready = False
         # Each returns None when satisfied or a short reason it is not; /readyz is 200 only when
-        # `ready` is set and all pass. The Raft controller adds "caught up with the leader".
-        self.ready_checks: list[Callable[[], str | None]] = []
+        # `ready` is set and all pass: in a cluster, "caught up with the metadata log".
+        self.ready_checks: list[Callable[[], str | None]] = [lambda: metadata_ready_reason(broker)]
         self.collector = BrokerCollector(broker, self.observer, lambda: self.not_ready_reason() is None)
         self.registry.register(self.collector)
         from broker.groups.lag import group_lag_families
 
         self.collector.extra.append(lambda: group_lag_families(broker))  # consumer lag (broker/groups/lag.py)
+        from broker.security.metrics import security_families
+
+        self.collector.extra.append(lambda: security_families(broker))  # logins, ACL denials, quotas, abuse limits
+        self.collector.extra.append(lambda: quorum_families(broker))  # Raft and controller (broker/quorum_metrics.py)
         if process:  # process_* (memory, CPU, open fds): only where one broker owns the process
             from prometheus_client import ProcessCollector
 

@@ -32,6 +32,7 @@ cancelled on stop.
 from __future__ import annotations
 
 import asyncio
+import struct
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -54,6 +55,7 @@ from storage.errors import OffsetOutOfRangeError, StorageError
 from broker.config import BrokerConfig
 from broker.logging import StructuredLogger, get_logger
 from broker.metadata import MetadataImage
+from broker.producer_state import BatchSequence, ProducerStateTable, Verdict
 from broker.purgatory import FetchPurgatory, HighWatermarkWaiters
 from broker.replication.leader_state import IsrProposal, LeaderPartitionState, Outcome
 
@@ -176,6 +178,7 @@ class Partition:
     partition_epoch: int = 0
     leader_state: LeaderPartitionState | None = None
     leader_high_watermark: int = 0  # on a follower: the leader's, as its last fetch answer said
+    producers: ProducerStateTable | None = None  # idempotent producers' sequences; None: rebuild from the log
 
     @property
     def key(self) -> PartitionKey:
@@ -209,6 +212,9 @@ class FollowerPosition:
     log_end_offset: int
     last_leader_epoch: int | None
     high_watermark: int
+
+
+_PRODUCER_ID_FIELD = struct.Struct(">q")  # at byte 43 of a batch header (records.HEADER)
 
 
 def replica_fetch_key(key: PartitionKey) -> tuple[str, str, int]:
@@ -423,6 +429,20 @@ class ReplicaManager:
             # A producer's batch has one offset per record; a forged last_offset_delta would
             # otherwise reserve a huge offset range.
             return AppendOutcome(ErrorCode.INVALID_RECORD, "last_offset_delta must be record_count - 1 in a produced batch")
+        sequences = None
+        if _PRODUCER_ID_FIELD.unpack_from(data, records.HEADER_BYTES - 18)[0] >= 0:
+            # An idempotent producer: a retry of a batch already in the log is answered with
+            # its original offsets instead of being written twice (broker/producer_state.py).
+            sequences = [BatchSequence(h.producer_id, h.producer_epoch, h.base_sequence, h.last_offset_delta + 1)
+                         for _, h in records.iter_headers(data, partition.batch_bytes_max, validate=False)]
+            verdict, original, reason = self._producer_table(partition).check(sequences)
+            if verdict is Verdict.DUPLICATE:
+                return AppendOutcome(ErrorCode.NONE, None, original, original + info.record_count, NO_TIMESTAMP,
+                                     partition.log.log_start_offset)
+            if verdict is Verdict.FENCED:
+                return AppendOutcome(ErrorCode.INVALID_PRODUCER_EPOCH, reason)
+            if verdict is Verdict.OUT_OF_ORDER:
+                return AppendOutcome(ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER, reason)
         # At most one copy on the produce path: a large frame's buffer is writable (the decoder
         # hands it over) and is stamped in place; a small frame's read-only view is copied once.
         buffer = data if not data.readonly else bytearray(data)
@@ -432,6 +452,10 @@ class ReplicaManager:
             code = getattr(exc, "error_code_name", "STORAGE_ERROR")
             self.log.error("append_failed", topic=topic, partition=index, error=type(exc).__name__, detail=str(exc))
             return AppendOutcome(ErrorCode[code], str(exc))
+        if sequences is not None:
+            first = sequences[0]
+            partition.producers.record(first.producer_id, first.producer_epoch, first.base_sequence,
+                                       sequences[-1].last_sequence, appended.first_offset)
         changes = state.on_leader_append(appended.last_offset + 1)
         if changes.high_watermark_moved:
             self._high_watermark_moved(partition, changes.high_watermark)
@@ -441,6 +465,13 @@ class ReplicaManager:
             ErrorCode.NONE, None, appended.first_offset, appended.last_offset + 1,
             appended.log_append_time_ms, partition.log.log_start_offset,
         )
+
+    def _producer_table(self, partition: Partition) -> ProducerStateTable:
+        """The partition's producer table, rebuilt from its log's batch headers if unknown."""
+        if partition.producers is None:
+            partition.producers = ProducerStateTable.rebuild(partition.log.producer_batches(),
+                                                             self.config.producer_ids_per_partition_max)
+        return partition.producers
 
     async def wait_for_high_watermark(self, key: PartitionKey, offset: int, timeout_s: float) -> ErrorCode:
         """The acks=all waiting room: NONE once the high watermark of `key` reaches `offset`;
@@ -579,6 +610,7 @@ class ReplicaManager:
         before = log.log_end_offset
         if offset < before:
             log.truncate_to(offset)
+            partition.producers = None  # the cut batches may have been producers' latest
             self.log.info("follower_truncated", topic=key[0], partition=key[1], leader_epoch=leader_epoch,
                           from_offset=before, to_offset=log.log_end_offset, reason=reason)
         partition.high_watermark = min(partition.high_watermark, log.log_end_offset)
@@ -590,6 +622,7 @@ class ReplicaManager:
         if partition is None:
             return False
         partition.log.truncate_fully_and_start_at(offset)
+        partition.producers = None
         partition.high_watermark = min(partition.high_watermark, offset)
         self.log.info("follower_restarted", topic=key[0], partition=key[1], offset=offset)
         return True
@@ -603,8 +636,12 @@ class ReplicaManager:
         log = partition.log
         if len(data):
             try:
-                records.validate_batches(data, records.BATCH_BYTES_FORMAT_MAX)
+                rows = [(h.base_offset, h.producer_id, h.producer_epoch, h.base_sequence, h.last_offset_delta)
+                        for _, h in records.iter_headers(data, records.BATCH_BYTES_FORMAT_MAX) if h.producer_id >= 0]
+                table = self._producer_table(partition) if rows else None  # rebuilt before the append
                 log.append_replicated(data)
+                if table is not None:
+                    table.record_batches(rows)
             except records.InvalidBatchError as exc:
                 self.log.error("replica_fetch_corrupt", topic=key[0], partition=key[1], detail=str(exc))
                 return ErrorCode.CORRUPT_MESSAGE

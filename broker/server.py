@@ -47,8 +47,11 @@ from broker.raft.persist import RaftStorage, RaftStorageError
 from broker.raft.transport import PeerTransport, TransportSettings
 from broker.replication.fetcher import FetcherSettings, ReplicaFetchers
 from broker.replication.isr_changes import IsrChangeSender
+from broker.security.manager import SecurityConfigError, SecurityManager
 
 METADATA_DIR = "__cluster_metadata"
+# How long a closing TLS connection waits for the peer's close_notify (asyncio's default: 30 s).
+TLS_SHUTDOWN_TIMEOUT_S = 2.0
 
 
 class BrokerStartError(RuntimeError):
@@ -57,13 +60,16 @@ class BrokerStartError(RuntimeError):
 
 @dataclass(slots=True)
 class BrokerStats:
-    """Counters for tests and, later, metrics."""
+    """Counters for tests and metrics (broker/metrics.py reads them at scrape time)."""
 
     connections_accepted: int = 0
     connections_refused: int = 0
     connections_idle_closed: int = 0
     bad_input: int = 0
     partitions_recovered: int = 0
+    segments_rolled: int = 0  # active segments sealed (size, age, or a requested roll)
+    retention_segments_deleted: int = 0  # whole segments removed by retention (time or size)
+    retention_bytes_deleted: int = 0  # log bytes those segments held
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -246,6 +252,9 @@ class Broker:
         self.dispatcher: Dispatcher | None = None
         self.logs: LogManager | None = None
         self._connections: set[BrokerConnection] = set()
+        self._connections_per_ip: dict[str, int] = {}
+        # TLS, SASL, ACLs, quotas and abuse counters (broker/security/); built in start().
+        self.security: SecurityManager | None = None
         self._all_closed: asyncio.Future | None = None
         self._server: asyncio.AbstractServer | None = None
         self._bound: tuple[str, int] | None = None
@@ -286,6 +295,10 @@ class Broker:
         config = self.config
         root = Path(config.data_dir)
         defaults = broker_log_config(config)
+        try:
+            self.security = SecurityManager(config, lambda: self.metadata.image, get_logger("broker.security"))
+        except SecurityConfigError as exc:
+            raise BrokerStartError(str(exc)) from None
         self.logs = LogManager(root, defaults, self.clock, on_event=self._on_storage_event)  # locks data_dir
         controller = self._open_metadata(root)  # the image, from the Raft snapshot + committed log
 
@@ -308,17 +321,22 @@ class Broker:
             wait_max_ms=config.replica_fetch_wait_max_ms, bytes_max=config.replica_fetch_bytes_max,
             partition_bytes_max=config.replica_fetch_partition_bytes_max, backoff_ms=config.replica_fetch_backoff_ms,
             frame_bytes_max=max(config.frame_bytes_max, config.replica_fetch_bytes_max + config.batch_bytes_max + (1 << 20)),
+            security=self.security.client_security,
         ), log=get_logger("broker.replication"))
         self.replicas.isr_changes = IsrChangeSender(self.replicas, self.metadata.alter_partition,
                                                     retry_ms=config.replica_fetch_backoff_ms)
         controller.on_change = self.replicas.apply_image
-        ctx = HandlerContext(config, self.metadata, self.replicas, get_logger("broker.handlers"), self.warn_bad_input)
+        ctx = HandlerContext(config, self.metadata, self.replicas, get_logger("broker.handlers"), self.warn_bad_input,
+                             security=self.security)
         self.dispatcher = Dispatcher(ctx)
         loop = asyncio.get_running_loop()
         try:
+            tls = self.security.server_ssl_context
             self._server = await loop.create_server(
                 lambda: BrokerConnection(self), config.listen_host, config.listen_port,
-                start_serving=False, reuse_address=True,
+                start_serving=False, reuse_address=True, ssl=tls,
+                ssl_handshake_timeout=config.request_read_timeout_ms / 1000 if tls is not None else None,
+                ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT_S if tls is not None else None,
             )
         except OSError as exc:
             raise BrokerStartError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
@@ -362,7 +380,8 @@ class Broker:
 
         storage = RaftStorage(root / METADATA_DIR)
         transport = PeerTransport(config.node_id, peer_address, TransportSettings(
-            queue_max=config.raft_peer_queue_max, frame_bytes_max=config.frame_bytes_max))
+            queue_max=config.raft_peer_queue_max, frame_bytes_max=config.frame_bytes_max,
+            security=self.security.client_security))
         driver = RaftDriver(
             config.node_id, frozenset(voters), frozenset(), storage, transport, controller,
             DriverSettings(tick_ms=config.raft_tick_ms, raft=raft_config,
@@ -377,7 +396,8 @@ class Broker:
             raise BrokerStartError(f"cannot load the metadata log in {root / METADATA_DIR}: {exc}") from None
         channel = ControllerChannel(
             config.node_id, {n: a for n, a in voters.items() if a is not None}, driver,
-            request_timeout_ms=max(1000, config.broker_session_timeout_ms // 3), log=get_logger("broker.lifecycle"))
+            request_timeout_ms=max(1000, config.broker_session_timeout_ms // 3), log=get_logger("broker.lifecycle"),
+            security=self.security.client_security)
         lifecycle = BrokerLifecycle(
             config.node_id, config.advertised(), controller, channel,
             session_timeout_ms=config.broker_session_timeout_ms, retry_ms=2 * config.raft_tick_ms)
@@ -387,7 +407,9 @@ class Broker:
         return controller
 
     def _on_storage_event(self, event: LogEvent) -> None:
-        """Storage events as log lines: a recovery (the last stop was not clean) at info."""
+        """Storage events as counters and one info line each: a recovery (the last stop was not
+        clean), a segment roll, a retention deletion, a truncation. A partition opened cleanly
+        logs nothing (a broker may hold thousands)."""
         if event.kind == "opened":
             stats = event.fields.get("stats")
             # a partition created now has no marker either; only logs found at start-up recover
@@ -399,10 +421,13 @@ class Broker:
                     cut_reason=stats.cut_reason or "none", duration_ms=stats.duration_ms,
                 )
             return
+        stats = self.stats
         if event.kind == "segment_rolled":
-            self.log.debug(event.kind, dir=event.directory.name, detail=event.message)
-        else:
-            self.log.info(event.kind, dir=event.directory.name, detail=event.message)
+            stats.segments_rolled += 1
+        elif event.kind == "segments_deleted":
+            stats.retention_segments_deleted += len(event.fields.get("base_offsets", ()))
+            stats.retention_bytes_deleted += event.fields.get("bytes_deleted", 0)
+        self.log.info(event.kind, dir=event.directory.name, detail=event.message)
 
     async def stop(self) -> None:
         """Graceful stop: stop accepting, let requests in progress finish (long polls answer at
@@ -506,11 +531,25 @@ class Broker:
             self._warn("connection_refused", connection.peer, open=len(self._connections),
                        connections_max=self.config.connections_max, state=self._state)
             return False
+        from_ip = self._connections_per_ip.get(connection.ip, 0)
+        if from_ip >= self.config.connections_per_ip_max:
+            self.stats.connections_refused += 1
+            self.security.stats.connections_refused_per_ip += 1  # type: ignore[union-attr]
+            self._warn("connection_refused_per_ip", connection.peer, open_from_ip=from_ip,
+                       connections_per_ip_max=self.config.connections_per_ip_max)
+            return False
+        self._connections_per_ip[connection.ip] = from_ip + 1
         self._connections.add(connection)
         self.stats.connections_accepted += 1
         return True
 
     def connection_closed(self, connection: BrokerConnection) -> None:
+        if connection in self._connections:
+            left = self._connections_per_ip.get(connection.ip, 1) - 1
+            if left > 0:
+                self._connections_per_ip[connection.ip] = left
+            else:
+                self._connections_per_ip.pop(connection.ip, None)
         self._connections.discard(connection)
         if not self._connections and self._all_closed is not None and not self._all_closed.done():
             self._all_closed.set_result(None)

@@ -12,7 +12,7 @@ with retry_backoff_ms and fresh metadata until request_timeout_ms has passed.
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable, Iterable, TypeVar
+from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 from client.cluster import METADATA_MAX_AGE_MS_DEFAULT, RETRY_BACKOFF_MS_DEFAULT, Cluster
 from client.connection import Connection
@@ -25,10 +25,21 @@ from client.errors import (
 )
 from client.protocol.errors import ErrorCode
 from client.protocol.limits import REQUEST_TIMEOUT_MS_DEFAULT
+from client.protocol import scram
 from client.protocol.messages import (
+    AclBinding,
+    AclFilter,
     AlterTopicConfigsRequest,
+    AlterUserScramCredentialsRequest,
     ApiKey,
+    CreateAclsRequest,
     CreateTopicsRequest,
+    DeleteAclsRequest,
+    DescribeAclsRequest,
+    DescribeUserScramCredentialsRequest,
+    ScramCredentialInfo,
+    ScramDeletion,
+    ScramUpsertion,
     DeleteTopicsRequest,
     LATEST_TIMESTAMP,
     DescribeClusterRequest,
@@ -43,6 +54,7 @@ from client.protocol.messages import (
     NewTopic,
     TopicConfigAlteration,
 )
+from client.security import SecurityConfig
 from client.types import (
     BrokerDescription,
     ClusterDescription,
@@ -73,12 +85,20 @@ class Admin:
         request_timeout_ms: float = REQUEST_TIMEOUT_MS_DEFAULT,
         retry_backoff_ms: float = RETRY_BACKOFF_MS_DEFAULT,
         metadata_max_age_ms: float = METADATA_MAX_AGE_MS_DEFAULT,
+        security_protocol: str = "PLAINTEXT",
+        ssl_context: Any = None,
+        sasl_mechanism: str = "SCRAM-SHA-256",
+        sasl_plain_username: str | None = None,
+        sasl_plain_password: str | None = None,
     ):
         self.bootstrap_servers = bootstrap_servers
         self.client_id = client_id
         self.request_timeout_ms = request_timeout_ms
         self.retry_backoff_ms = retry_backoff_ms
         self.metadata_max_age_ms = metadata_max_age_ms
+        # TLS / SASL, as in aiokafka (client/security.py); checked here, used by every connection.
+        self._security = SecurityConfig.from_kwargs(security_protocol, ssl_context, sasl_mechanism,
+                                                    sasl_plain_username, sasl_plain_password)
         self._cluster: Cluster | None = None
 
     async def start(self) -> None:
@@ -91,6 +111,7 @@ class Admin:
             metadata_max_age_ms=self.metadata_max_age_ms,
             required_apis=_ADMIN_APIS,
             client_id=self.client_id,
+            security=self._security,
         )
         try:
             await self._cluster.start()
@@ -295,6 +316,79 @@ class Admin:
                     if row.error_code == ErrorCode.NONE:
                         ends[TopicPartition(topic.topic, row.partition)] = row.offset
         return ends
+
+    # --- users and ACLs (client/security.py; committed by the controller) -----------------------
+
+    async def create_user(self, user: str, password: str, *, iterations: int = scram.ITERATIONS_DEFAULT) -> None:
+        """Create a SCRAM-SHA-256 user, or change its password. The password is salted and
+        stretched here; only the salt and the derived keys reach the cluster."""
+        credential = scram.make_credential(password, iterations=iterations)
+        request = AlterUserScramCredentialsRequest(upsertions=[ScramUpsertion(
+            user, scram.MECHANISM, credential.iterations, credential.salt, credential.stored_key,
+            credential.server_key)])
+        await self._with_retries(f"creating user {user!r}", lambda conn: self._alter_users(conn, request), controller=True)
+
+    async def delete_user(self, user: str) -> None:
+        """Delete a SCRAM user; raises ResourceNotFoundError if there is none."""
+        request = AlterUserScramCredentialsRequest(deletions=[ScramDeletion(user, scram.MECHANISM)])
+        await self._with_retries(f"deleting user {user!r}", lambda conn: self._alter_users(conn, request), controller=True)
+
+    async def list_users(self) -> list[ScramCredentialInfo]:
+        """Every SCRAM user: name, mechanism and iteration count (never keys)."""
+        async def attempt(conn: Connection) -> list[ScramCredentialInfo]:
+            response = await conn.request(DescribeUserScramCredentialsRequest())
+            if response.error_code != ErrorCode.NONE:
+                raise error_for_code(response.error_code, response.error_message, f"listing users on broker {conn.broker}")
+            return response.users
+
+        return await self._with_retries("listing users", attempt)
+
+    @staticmethod
+    async def _alter_users(conn: Connection, request: AlterUserScramCredentialsRequest) -> None:
+        response = await conn.request(request)
+        for result in response.results:
+            if result.error_code != ErrorCode.NONE:
+                raise error_for_code(result.error_code, result.error_message,
+                                     f"user {result.user!r} on broker {conn.broker}")
+
+    async def create_acls(self, acls: Iterable[AclBinding]) -> None:
+        """Add ACL bindings (adding one that exists changes nothing)."""
+        request = CreateAclsRequest(acls=list(acls))
+
+        async def attempt(conn: Connection) -> None:
+            response = await conn.request(request)
+            for binding, result in zip(request.acls, response.results):
+                if result.error_code != ErrorCode.NONE:
+                    raise error_for_code(result.error_code, result.error_message, f"ACL {binding} on broker {conn.broker}")
+
+        await self._with_retries("creating ACLs", attempt, controller=True)
+
+    async def delete_acls(self, filters: Iterable[AclFilter]) -> list[AclBinding]:
+        """Remove every binding that matches a filter (None fields match anything); returns them."""
+        request = DeleteAclsRequest(filters=list(filters))
+
+        async def attempt(conn: Connection) -> list[AclBinding]:
+            response = await conn.request(request)
+            deleted: list[AclBinding] = []
+            for result in response.results:
+                if result.error_code != ErrorCode.NONE:
+                    raise error_for_code(result.error_code, result.error_message, f"deleting ACLs on broker {conn.broker}")
+                deleted.extend(result.deleted)
+            return deleted
+
+        return await self._with_retries("deleting ACLs", attempt, controller=True)
+
+    async def describe_acls(self, acl_filter: AclFilter | None = None) -> list[AclBinding]:
+        """The bindings matching `acl_filter` (all of them by default)."""
+        request = DescribeAclsRequest(filter=acl_filter or AclFilter())
+
+        async def attempt(conn: Connection) -> list[AclBinding]:
+            response = await conn.request(request)
+            if response.error_code != ErrorCode.NONE:
+                raise error_for_code(response.error_code, response.error_message, f"describing ACLs on broker {conn.broker}")
+            return response.acls
+
+        return await self._with_retries("describing ACLs", attempt)
 
     # --- helpers --------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from client.connection import Connection
+from client.security import SecurityConfig
 from client.errors import (
     BrokerUnreachableError,
     ConnectionClosedError,
@@ -107,6 +108,7 @@ class Cluster:
         required_apis: Iterable[int] = (ApiKey.METADATA,),
         allow_auto_topic_creation: bool = False,
         client_id: str = "tidelog-python",
+        security: SecurityConfig | None = None,
     ):
         self.bootstrap = parse_bootstrap(bootstrap_servers)
         self.request_timeout_ms = request_timeout_ms
@@ -119,6 +121,7 @@ class Cluster:
             frame_bytes_max=frame_bytes_max,
             required_apis=tuple(set(required_apis) | {ApiKey.METADATA}),
             client_id=client_id,
+            security=security,
         )
         self.metadata = MetadataSnapshot()
         self.topics: set[str] = set()  # topics this client asks metadata for

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import os
 import socket
+import ssl
 from collections import deque
 from typing import Iterable
 
@@ -39,6 +40,7 @@ from client.protocol.limits import (
     IN_FLIGHT_REQUESTS_MAX_DEFAULT,
     REQUEST_TIMEOUT_MS_DEFAULT,
 )
+from client.security import SecurityConfig, sasl_authenticate
 from client.protocol.messages import (
     API_VERSIONS,
     ApiVersionsRequest,
@@ -101,6 +103,7 @@ class Connection(asyncio.BufferedProtocol):
         frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT,
         required_apis: Iterable[int] = (),
         client_id: str = "tidelog-python",
+        security: SecurityConfig | None = None,
     ):
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
@@ -112,6 +115,7 @@ class Connection(asyncio.BufferedProtocol):
         self.frame_bytes_max = frame_bytes_max
         self.required_apis = tuple(required_apis)
         self.client_id = client_id
+        self.security = security  # TLS and/or SASL (client/security.py); None: plaintext
         self.api_versions: dict[int, int] = {}  # api key -> version this connection uses
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
@@ -154,15 +158,24 @@ class Connection(asyncio.BufferedProtocol):
 
     async def _connect(self, timeout_ms: float) -> None:
         loop = self._loop
+        security = self.security
+        tls: dict = {}
+        if security is not None and security.uses_ssl:
+            context = security.ssl_context
+            tls = dict(ssl=context, server_hostname=self.host if context.check_hostname else None)
         try:
             async with asyncio.timeout(timeout_ms / 1000):
-                await loop.create_connection(lambda: self, self.host, self.port)
+                await loop.create_connection(lambda: self, self.host, self.port, **tls)
         except TimeoutError:
             raise BrokerUnreachableError(self.host, self.port, f"no connection within {timeout_ms:g} ms") from None
+        except ssl.SSLError as exc:  # before OSError: its errno says nothing useful
+            raise BrokerUnreachableError(self.host, self.port, f"TLS handshake failed: {exc.reason or exc}") from None
         except OSError as exc:
             raise BrokerUnreachableError(self.host, self.port, _connect_reason(exc)) from None
         try:
             await self._negotiate_versions()
+            if security is not None and security.uses_sasl:
+                await sasl_authenticate(self, security)
         except BaseException:
             self.close()
             raise

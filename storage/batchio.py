@@ -27,6 +27,7 @@ SCAN_CHUNK_BYTES = 4 * 1024 * 1024  # recovery reads this much at a time (or one
 # Field positions in HEADER.unpack_from's tuple.
 H_BASE_OFFSET, H_LENGTH, H_EPOCH = 0, 1, 2
 H_LAST_DELTA, H_MAX_TIMESTAMP, H_RECORD_COUNT = 6, 8, 12
+H_PRODUCER_ID, H_PRODUCER_EPOCH, H_BASE_SEQUENCE = 9, 10, 11
 
 
 def pread_exact(fd: int, path: Path, length: int, position: int) -> bytes:

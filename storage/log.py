@@ -18,7 +18,15 @@ from typing import Callable, NamedTuple, Sequence
 
 from client.protocol.records import HEADER, HEADER_BYTES
 
-from .batchio import H_BASE_OFFSET, H_EPOCH, walk_headers
+from .batchio import (
+    H_BASE_OFFSET,
+    H_BASE_SEQUENCE,
+    H_EPOCH,
+    H_LAST_DELTA,
+    H_PRODUCER_EPOCH,
+    H_PRODUCER_ID,
+    walk_headers,
+)
 from .checkpoint import (
     PartitionCheckpoint,
     take_clean_shutdown_marker,
@@ -509,11 +517,13 @@ class PartitionLog:
         fsync_dir(self.directory)  # the deletions survive a crash
         del self._segments[:count]
         del self._bases[:count]
-        self._size_bytes -= sum(s.size_bytes for s in doomed)
+        freed_bytes = sum(s.size_bytes for s in doomed)
+        self._size_bytes -= freed_bytes
         self._epochs.truncate_from_start(self.log_start_offset)
         deleted = [s.base_offset for s in doomed]
         self._emit("segments_deleted", f"retention deleted {count} segments of {self.directory} below "
-                   f"offset {self.log_start_offset}", base_offsets=deleted, log_start_offset=self.log_start_offset)
+                   f"offset {self.log_start_offset}", base_offsets=deleted, log_start_offset=self.log_start_offset,
+                   bytes_deleted=freed_bytes)
         return deleted
 
     def _expired_by_time(self, now_ms: int) -> int:
@@ -615,6 +625,17 @@ class PartitionLog:
         for segment in self._segments:
             for _, header in walk_headers(segment.handle.fd, segment.log_path, 0, segment.size_bytes):
                 yield header[H_BASE_OFFSET], header[H_EPOCH]
+
+    def producer_batches(self):
+        """(base_offset, producer_id, producer_epoch, base_sequence, last_offset_delta) of every
+        batch written by an idempotent producer, oldest first: header reads only, no records
+        decoded. The broker rebuilds its per-producer sequence state from this."""
+        self._check_open()
+        for segment in self._segments:
+            for _, header in walk_headers(segment.handle.fd, segment.log_path, 0, segment.size_bytes):
+                if header[H_PRODUCER_ID] >= 0:
+                    yield (header[H_BASE_OFFSET], header[H_PRODUCER_ID], header[H_PRODUCER_EPOCH],
+                           header[H_BASE_SEQUENCE], header[H_LAST_DELTA])
 
     def _save_checkpoint(self, **changes) -> None:
         checkpoint = self._checkpoint.with_changes(**changes)

@@ -302,3 +302,18 @@ def test_random_joins_leaves_and_crashes_never_give_a_partition_to_two_members()
             assert held == {("t", p) for p in range(backend.counts["t"])}, f"seed {seed}"
             sizes = [len(m.held) for m in live]
             assert max(sizes) - min(sizes) <= 1, f"seed {seed}: {sizes}"
+
+
+def test_offset_records_in_the_metadata_image_and_its_snapshot():
+    from broker.metadata import MetadataImage
+
+    image = MetadataImage("c")
+    image.apply(["offset_commit", "g", "t", 0, 5, "m"])
+    image.apply(["offset_commit", "g", "t", 1, 7, ""])
+    image.apply(["offset_commit", "h", "t", 0, 1, ""])
+    restored = MetadataImage.from_snapshot(image.to_snapshot())
+    assert {tp: o.offset for tp, o in restored.offsets["g"].items()} == {("t", 0): 5, ("t", 1): 7}
+    assert restored.offsets["g"][("t", 0)].metadata == "m"
+    image.apply(["offset_commit", "g", "t", 1, -1, ""])  # -1 removes one entry
+    image.apply(["delete_group", "h"])
+    assert set(image.offsets["g"]) == {("t", 0)} and "h" not in image.offsets

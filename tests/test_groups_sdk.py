@@ -267,3 +267,60 @@ def test_sync_consumer_commits_only_what_iteration_handed_out(broker_process):
     with sync.Admin(bootstrap_servers=bootstrap) as admin:
         assert admin.list_groups() == ["g7"]
         assert admin.describe_group("g7").lag == {tp: 6}
+
+
+async def test_concurrent_commits_share_raft_entries(broker_process):
+    """Commits arriving together are proposed in one event-loop iteration and share one entry of
+    the metadata log (one append and one fsync for all of them)."""
+    from client.protocol.messages import DescribeQuorumRequest
+
+    bootstrap = broker_process.bootstrap
+    await setup(bootstrap, "busy", 4)
+    conns = [await Connection.open("127.0.0.1", broker_process.port) for _ in range(32)]
+    try:
+        before = (await conns[0].request(DescribeQuorumRequest())).last_index
+        rounds = 10
+        for n in range(rounds):
+            answers = await asyncio.gather(*(
+                conn.request(OffsetCommitRequest(group_id=f"batch-{i}", topics=[
+                    OffsetCommitTopic("busy", [OffsetCommitPartition(p, n) for p in range(4)])]))
+                for i, conn in enumerate(conns)))
+            assert all(a.error_code == ErrorCode.NONE for a in answers)
+        entries = (await conns[0].request(DescribeQuorumRequest())).last_index - before
+        print(f"{rounds * len(conns)} commit requests in {entries} Raft entries")
+        assert entries <= rounds * len(conns) // 4
+    finally:
+        for conn in conns:
+            conn.close()
+    async with Admin(bootstrap_servers=bootstrap) as admin:
+        assert (await admin.describe_group("batch-7")).committed == {TopicPartition("busy", p): rounds - 1 for p in range(4)}
+
+
+async def test_a_member_cut_off_from_the_coordinator_stops_consuming_within_its_session(broker_process):
+    """A member that hears nothing from the coordinator for session_timeout_ms (counted from the
+    last answered request's send time) gives its partitions up before the coordinator can hand
+    them to anyone else; it rejoins once the coordinator answers again."""
+    bootstrap = broker_process.bootstrap
+    await setup(bootstrap, "cutoff", 2)
+    events = Recorder()
+    consumer = Consumer(bootstrap_servers=bootstrap, group_id="g8", request_timeout_ms=5000, **FAST)
+    consumer.subscribe(["cutoff"], listener=events)
+    await consumer.start()
+    try:
+        assert consumer.assignment() == {TopicPartition("cutoff", 0), TopicPartition("cutoff", 1)}
+        broker_process.pause()  # SIGSTOP: the coordinator neither answers nor removes anyone
+        paused_at = time.monotonic()
+        try:
+            await until(lambda: _async(not consumer.assignment()), 10, "the cut-off member giving up its partitions")
+            assert time.monotonic() - paused_at <= FAST["session_timeout_ms"] / 1000 + 0.5
+            assert events.events[-1] == ("revoked", {0, 1})
+        finally:
+            broker_process.resume()
+        await until(lambda: _poll_one(consumer, 2), 15, "the member rejoining with its partitions")
+    finally:
+        await consumer.stop()
+
+
+async def _poll_one(consumer: Consumer, count: int) -> bool:
+    await consumer.getmany(timeout_ms=20)
+    return len(consumer.assignment()) == count

@@ -86,6 +86,8 @@ REQUESTS = [
     m.OffsetsForLeaderEpochRequest(replica_id=2, topics=[("t", [m.EpochQuery(0, 5, 3), m.EpochQuery(1, 5, 4)])]),
     m.AlterPartitionRequest(broker_id=1, incarnation="abc", topics=[("t", [m.IsrChange(0, 5, 9, [1, 2])])]),
     m.ControlledShutdownRequest(broker_id=2, incarnation="abc"),
+    m.InitProducerIdRequest(),
+    m.InitProducerIdRequest(transactional_id="tx-1", transaction_timeout_ms=30_000, producer_id=7, producer_epoch=2),
     # consumer groups
     m.FindCoordinatorRequest(key="billing"),
     m.JoinGroupRequest(group_id="billing", member_id="", group_instance_id="host-1", client_id="c",
@@ -99,6 +101,16 @@ REQUESTS = [
     m.OffsetFetchRequest(group_id="billing", topics=[m.TopicPartitions("orders", [0, 1])]),
     m.ListGroupsRequest(),
     m.DescribeGroupsRequest(group_ids=["billing", "audit"]),
+    # Security (broker/security/).
+    m.SaslHandshakeRequest(mechanism="SCRAM-SHA-256"),
+    m.SaslAuthenticateRequest(auth_bytes=b"n,,n=alice,r=abc"),
+    m.DescribeUserScramCredentialsRequest(users=["alice"]),
+    m.AlterUserScramCredentialsRequest(upsertions=[m.ScramUpsertion("alice", "SCRAM-SHA-256", 8192, b"s" * 16,
+                                                                    b"k" * 32, b"v" * 32)],
+                                       deletions=[m.ScramDeletion("bob", "SCRAM-SHA-256")]),
+    m.DescribeAclsRequest(filter=m.AclFilter(principal="User:alice")),
+    m.CreateAclsRequest(acls=[m.AclBinding("User:alice", "topic", "orders", "literal", "write", "allow")]),
+    m.DeleteAclsRequest(filters=[m.AclFilter(resource_type="group", operation="read")]),
 ]
 
 RESPONSES = [
@@ -180,6 +192,7 @@ RESPONSES = [
         m.IsrChangeResult(0, ErrorCode.NONE, None, 1, 5, 10, [1, 2]),
         m.IsrChangeResult(1, ErrorCode.INVALID_UPDATE_VERSION, "changed", 1, 5, 11, [1, 2, 3])])]),
     m.ControlledShutdownResponse(controller_id=1, partitions_remaining=2),
+    m.InitProducerIdResponse(producer_id=4000, producer_epoch=0),
     # consumer groups
     m.FindCoordinatorResponse(node_id=2, host="h2", port=9392),
     m.JoinGroupResponse(generation=4, member_id="m-1", heartbeat_interval_ms=3000),
@@ -194,6 +207,14 @@ RESPONSES = [
         "billing", ErrorCode.NONE, None, "Stable", 4, "sticky",
         [m.DescribedMember("m-1", None, "c", "127.0.0.1", ["orders"], [m.TopicPartitions("orders", [0])])],
         [m.DescribedOffset("orders", 0, 42, "")])]),
+    m.SaslHandshakeResponse(mechanisms=["SCRAM-SHA-256"]),
+    m.SaslAuthenticateResponse(error_code=ErrorCode.SASL_AUTHENTICATION_FAILED, error_message="no", auth_bytes=b""),
+    m.DescribeUserScramCredentialsResponse(users=[m.ScramCredentialInfo("alice", "SCRAM-SHA-256", 8192)]),
+    m.AlterUserScramCredentialsResponse(results=[m.UserResult("bob", ErrorCode.RESOURCE_NOT_FOUND, "no user")]),
+    m.DescribeAclsResponse(acls=[m.AclBinding("User:*", "group", "bill", "prefixed", "read", "deny")]),
+    m.CreateAclsResponse(results=[m.AclResult(ErrorCode.NONE, None)]),
+    m.DeleteAclsResponse(results=[m.AclDeleteResult(ErrorCode.NONE, None, [
+        m.AclBinding("User:alice", "cluster", "cluster", "literal", "alter", "allow")])]),
 ]
 
 
@@ -334,7 +355,8 @@ def test_api_keys_follow_kafka_numbering_and_tidelog_keys_start_at_1000():
         "DESCRIBE_GROUPS": 15, "LIST_GROUPS": 16, "API_VERSIONS": 18, "CREATE_TOPICS": 19,
         "DELETE_TOPICS": 20, "INIT_PRODUCER_ID": 22, "ALTER_TOPIC_CONFIGS": 44, "RAFT_VOTE": 52, "ALTER_PARTITION": 56,
         "DESCRIBE_CLUSTER": 60, "BROKER_REGISTRATION": 62, "BROKER_HEARTBEAT": 63, "DESCRIBE_QUORUM": 55,
-        "OFFSETS_FOR_LEADER_EPOCH": 23, "CONTROLLED_SHUTDOWN": 7,
+        "OFFSETS_FOR_LEADER_EPOCH": 23, "CONTROLLED_SHUTDOWN": 7, "ADD_PARTITIONS_TO_TXN": 24,
+        "ADD_OFFSETS_TO_TXN": 25, "END_TXN": 26, "WRITE_TXN_MARKERS": 27, "TXN_OFFSET_COMMIT": 28,
     }  # fmt: skip
     for name, number in kafka.items():
         assert m.ApiKey[name] == number
@@ -365,8 +387,8 @@ def test_unknown_api_key_is_unsupported_api():
 
 
 def test_reserved_api_key_is_unsupported_api():
-    with pytest.raises(UnsupportedApiError, match=r"INIT_PRODUCER_ID \(22\) is reserved but not implemented"):
-        m.decode_request(_request_frame(m.ApiKey.INIT_PRODUCER_ID, []))
+    with pytest.raises(UnsupportedApiError, match=r"END_TXN \(26\) is reserved but not implemented"):
+        m.decode_request(_request_frame(m.ApiKey.END_TXN, []))
 
 
 def test_unsupported_version_is_refused_for_requests_and_responses():

@@ -153,3 +153,32 @@ def test_partition_health_from_the_image():
     assert partition_health(image, 1) == (1, 1, 1)
     image.apply(["fence", 2, True])  # t-1's leader is fenced: offline too
     assert partition_health(image, 1) == (1, 1, 2)
+
+
+def test_consumer_group_count_by_state_over_http(broker_factory):
+    proc = broker_factory(metrics="127.0.0.1:0")
+    base = metrics_url(proc)
+
+    def groups() -> dict[str, float]:
+        values = samples(get(base + "/metrics")[1])
+        return {dict(labels)["state"]: v for (name, labels), v in values.items() if name == "tidelog_consumer_groups"}
+
+    assert groups() == {"Empty": 0, "Reconciling": 0, "Stable": 0}
+
+    async def consume_and_commit() -> dict[str, float]:
+        async with Producer(bootstrap_servers=proc.bootstrap) as producer:
+            await producer.send_and_wait("counted", b"one", partition=0)
+        async with Consumer("counted", bootstrap_servers=proc.bootstrap, group_id="billing",
+                            auto_offset_reset="earliest") as consumer:
+            await consumer.getone()
+            await consumer.commit()
+            deadline = asyncio.get_running_loop().time() + 20
+            while (seen := await asyncio.to_thread(groups)).get("Stable") != 1:  # the member holds its partition
+                assert asyncio.get_running_loop().time() < deadline, seen
+                await asyncio.sleep(0.05)
+            return seen
+
+    assert asyncio.run(consume_and_commit())["Empty"] == 0
+    # The member left; the group keeps its committed offset, so it is still there, empty.
+    assert groups() == {"Empty": 1, "Reconciling": 0, "Stable": 0}
+    assert proc.terminate() == 0

@@ -126,11 +126,9 @@ class Group:
     fenced: deque = field(default_factory=lambda: deque(maxlen=FENCED_IDS_KEPT))
     counts_seen: dict[str, int] = field(default_factory=dict)
 
-    def holder(self, tp: TP, besides: str | None = None) -> str | None:
-        for member in self.members.values():
-            if member.member_id != besides and tp in member.owned:
-                return member.member_id
-        return None
+    def held_by_others(self, member_id: str) -> set[TP]:
+        """Every partition some member other than `member_id` holds (one pass over the group)."""
+        return {tp for m in self.members.values() if m.member_id != member_id for tp in m.owned}
 
     @property
     def state(self) -> str:
@@ -263,8 +261,9 @@ class GroupCoordinator:
         released = member.owned - reported
         member.owned &= reported
         counts = self.backend.partition_counts()
+        taken = group.held_by_others(member.member_id)
         for tp in reported:
-            if tp[1] < counts.get(tp[0], 0) and group.holder(tp, besides=member.member_id) is None:
+            if tp[1] < counts.get(tp[0], 0) and tp not in taken:
                 member.owned.add(tp)
         if changed:
             self._retarget(group)
@@ -295,11 +294,12 @@ class GroupCoordinator:
         member.owned &= reported  # what it holds (never more than it was given or credited)
         now = self._now()
         holding = now < group.hold_unclaimed_until_ms
+        taken = group.held_by_others(member.member_id)
         given = set()
         for tp in member.target:
             if tp in member.owned:
                 given.add(tp)
-            elif group.holder(tp, besides=member.member_id) is None and not holding:
+            elif tp not in taken and not holding:
                 given.add(tp)  # (while holding, a fresh coordinator waits for old holders to rejoin)
         member.owned |= given
         member.given = given

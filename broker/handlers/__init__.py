@@ -16,6 +16,7 @@ one task per request in arrival order, and that is what keeps pipelined produces
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import time
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from client.protocol.messages import (
     ACKS_NONE,
     ApiKey,
     Response,
+    SecurityApiKey,
     decode_request,
     encode_error_response,
     encode_response_message,
@@ -42,6 +44,9 @@ if TYPE_CHECKING:
 # The peer of the request being handled (each request runs in its own task, so its own
 # context): lets a handler's warning name the client without threading it through every call.
 current_peer: contextvars.ContextVar[str] = contextvars.ContextVar("current_peer", default="unknown")
+
+# The security Session of the connection whose request is being handled (SASL handlers read it).
+current_session: contextvars.ContextVar[Any] = contextvars.ContextVar("current_session", default=None)
 
 # A response frame is bounded by what built it (fetch by fetch_bytes_max, metadata by the
 # topic count); the encoder only guards the u32 length prefix.
@@ -58,13 +63,14 @@ class HandlerContext:
     log: StructuredLogger
     warn_bad_input: Callable[..., None]
     served_api_keys: tuple[int, ...] = ()  # filled in by the Dispatcher (ApiVersions lists them)
+    security: Any = None  # broker/security/manager.py SecurityManager (SASL handlers, user/ACL admin)
 
 
 Handler = Callable[[HandlerContext, Any], Awaitable[Response | None]]
 
 
 def _handlers() -> dict[int, Handler]:
-    from broker.handlers import cluster, fetch, groups, meta, offsets, produce, raft, replication, topics
+    from broker.handlers import cluster, fetch, groups, meta, offsets, produce, raft, replication, topics, transactions
 
     return {
         ApiKey.API_VERSIONS: meta.handle_api_versions,
@@ -87,6 +93,7 @@ def _handlers() -> dict[int, Handler]:
         ApiKey.OFFSETS_FOR_LEADER_EPOCH: replication.handle_offsets_for_leader_epoch,
         ApiKey.ALTER_PARTITION: replication.handle_alter_partition,
         ApiKey.CONTROLLED_SHUTDOWN: cluster.handle_controlled_shutdown,
+        ApiKey.INIT_PRODUCER_ID: transactions.handle_init_producer_id,
         # Consumer groups (broker/groups/: the coordinator runs on the active controller).
         ApiKey.FIND_COORDINATOR: groups.handle_find_coordinator,
         ApiKey.JOIN_GROUP: groups.handle_join_group,
@@ -97,6 +104,21 @@ def _handlers() -> dict[int, Handler]:
         ApiKey.OFFSET_FETCH: groups.handle_offset_fetch,
         ApiKey.LIST_GROUPS: groups.handle_list_groups,
         ApiKey.DESCRIBE_GROUPS: groups.handle_describe_groups,
+        **_security_handlers(),
+    }
+
+
+def _security_handlers() -> dict[int, Handler]:
+    from broker.handlers import security
+
+    return {
+        SecurityApiKey.SASL_HANDSHAKE: security.handle_sasl_handshake,
+        SecurityApiKey.SASL_AUTHENTICATE: security.handle_sasl_authenticate,
+        SecurityApiKey.DESCRIBE_USER_SCRAM_CREDENTIALS: security.handle_describe_user_scram_credentials,
+        SecurityApiKey.ALTER_USER_SCRAM_CREDENTIALS: security.handle_alter_user_scram_credentials,
+        SecurityApiKey.DESCRIBE_ACLS: security.handle_describe_acls,
+        SecurityApiKey.CREATE_ACLS: security.handle_create_acls,
+        SecurityApiKey.DELETE_ACLS: security.handle_delete_acls,
     }
 
 
@@ -109,10 +131,14 @@ class Dispatcher:
         # Called as observer(api_key, request | None, response | None, elapsed_s) after every
         # request; set by broker/metrics.py when metrics are on. None: nothing is timed.
         self.observer: Callable[[int, Any, Any, float], None] | None = None
+        # broker/security/: authentication, ACLs and quotas, consulted for every request of a
+        # connection that has a session. None when none of them is on: nothing is checked.
+        self.security: Any = ctx.security if ctx.security is not None and ctx.security.checks_requests else None
         ctx.served_api_keys = tuple(sorted(self.handlers))
 
-    async def dispatch(self, frame: RequestFrame, peer: str) -> Sequence[Any] | None:
-        """Encoded response parts for `frame`, or None when no response is due."""
+    async def dispatch(self, frame: RequestFrame, peer: str, session: Any = None) -> Sequence[Any] | None:
+        """Encoded response parts for `frame`, or None when no response is due. `session`: the
+        connection's security state (broker/security/), None when security is off."""
         # Metrics (broker/metrics.py): one observer call per request, with what it learned.
         observer = self.observer
         started = time.perf_counter() if observer is not None else 0.0
@@ -132,8 +158,21 @@ class Dispatcher:
                     error=exc.error_code.name, detail=exc.message,
                 )
                 return self.error_response(correlation_id, exc.error_code, exc.message)
+            security = self.security
+            if security is not None and session is not None:
+                current_session.set(session)
+                refusal = security.admit(session, frame.api_key, request)
+                if refusal is not None:  # refused before the handler: nothing appended, nothing created
+                    if getattr(request, "acks", None) == ACKS_NONE:
+                        return None
+                    return self.error_response(correlation_id, refusal[0], refusal[1])
             try:
                 response = await handler(self.ctx, request)
+                if security is not None and session is not None:
+                    delay_s = security.after(session, frame.api_key, frame.frame_bytes, request, response,
+                                             time.monotonic())
+                    if delay_s:
+                        await asyncio.sleep(delay_s)  # a quota: the answer waits (broker/security/quotas.py)
                 if response is None:
                     return None
                 return encode_response_message(response, correlation_id, RESPONSE_FRAME_BYTES_MAX)

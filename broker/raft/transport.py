@@ -19,7 +19,7 @@ import asyncio
 import random
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from client.connection import Connection
 from client.errors import TidelogError
@@ -64,6 +64,7 @@ class TransportSettings:
     backoff_ms_min: int = 50
     backoff_ms_max: int = 1000
     frame_bytes_max: int = 16 << 20
+    security: Any = None  # client.security.SecurityConfig: TLS / SASL to peers (None: plaintext)
 
 
 @dataclass
@@ -170,7 +171,7 @@ class _PeerLink:
                 address[0], address[1], node_id=self.peer, connect_timeout_ms=settings.connect_timeout_ms,
                 request_timeout_ms=settings.connect_timeout_ms,  # bounds the ApiVersions exchange too
                 frame_bytes_max=settings.frame_bytes_max, required_apis=RAFT_APIS,
-                client_id=f"tidelog-raft-{self._transport.node_id}",
+                client_id=f"tidelog-raft-{self._transport.node_id}", security=settings.security,
             )
         except TidelogError as exc:
             self.stats.connect_failures += 1

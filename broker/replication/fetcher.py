@@ -61,6 +61,7 @@ class FetcherSettings:
     partition_bytes_max: int = 1 << 20
     backoff_ms: int = 200
     frame_bytes_max: int = 64 << 20
+    security: Any = None  # client.security.SecurityConfig: TLS / SASL to the leader (None: plaintext)
 
 
 @dataclass(slots=True)
@@ -213,7 +214,7 @@ class LeaderFetcher:
             request_timeout_ms=settings.wait_max_ms + REQUEST_TIMEOUT_MARGIN_MS,
             frame_bytes_max=settings.frame_bytes_max,
             required_apis=(ApiKey.FETCH, ApiKey.OFFSETS_FOR_LEADER_EPOCH),
-            client_id=f"tidelog-replica-{self.owner.node_id}",
+            client_id=f"tidelog-replica-{self.owner.node_id}", security=settings.security,
         )
         self._conn = conn
         return conn

@@ -34,6 +34,7 @@ from client.protocol.limits import (
     REQUEST_TIMEOUT_MS_DEFAULT,
 )
 from client.protocol.messages import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP, READ_COMMITTED, READ_UNCOMMITTED, ApiKey
+from client.security import SecurityConfig
 from client.types import Record, TopicPartition
 
 _ISOLATION = {"read_uncommitted": READ_UNCOMMITTED, "read_committed": READ_COMMITTED}
@@ -92,6 +93,11 @@ class Consumer:
         heartbeat_interval_ms: int = 3000,
         max_poll_interval_ms: int = 300_000,
         partition_assignment_strategy: str = "sticky",
+        security_protocol: str = "PLAINTEXT",
+        ssl_context: Any = None,
+        sasl_mechanism: str = "SCRAM-SHA-256",
+        sasl_plain_username: str | None = None,
+        sasl_plain_password: str | None = None,
     ):
         if auto_offset_reset not in _RESETS:
             raise ValueError(f"auto_offset_reset must be one of {_RESETS}, got {auto_offset_reset!r}")
@@ -123,6 +129,9 @@ class Consumer:
         if heartbeat_interval_ms >= session_timeout_ms:
             raise ValueError(f"heartbeat_interval_ms ({heartbeat_interval_ms}) must be below "
                              f"session_timeout_ms ({session_timeout_ms})")
+        # TLS / SASL, as in aiokafka (client/security.py); checked here, used by every connection.
+        self._security = SecurityConfig.from_kwargs(security_protocol, ssl_context, sasl_mechanism,
+                                                    sasl_plain_username, sasl_plain_password)
         self.bootstrap_servers = bootstrap_servers
         self.client_id = client_id
         self.group_id = group_id
@@ -173,6 +182,7 @@ class Consumer:
             + (_GROUP_APIS if self.group_id is not None else ()),
             allow_auto_topic_creation=True,
             client_id=self.client_id,
+            security=self._security,
         )
         try:
             await self._cluster.start()

@@ -13,6 +13,10 @@ only follows it, in one background task:
 - Heartbeat every heartbeat_interval_ms; an answer saying "sync" starts the step above.
 - The application must call getmany/getone at least every max_poll_interval_ms; otherwise this
   member leaves the group (its partitions go to others) and rejoins at the next poll.
+- A member that gets no answer from the coordinator for session_timeout_ms (counted from when
+  its last answered request was sent) gives up its partitions without committing and rejoins:
+  the coordinator removes it no earlier than that, so it has stopped before anyone else may
+  be handed its partitions (clocks advancing at the same rate assumed).
 
 Delivery: with commits after processing (auto-commit commits what getmany/getone returned
 before the call that follows, manual `commit()` after your work) every record is processed at
@@ -132,6 +136,7 @@ class GroupMembership:
         self._loop = asyncio.get_running_loop()
         self._last_poll = self._loop.time()
         self._interval_ms = heartbeat_interval_ms
+        self._session_ok_until: float | None = None  # see _session_lost
 
     # --- life cycle --------------------------------------------------------------------------------
 
@@ -167,17 +172,22 @@ class GroupMembership:
                 await self._task
             except (asyncio.CancelledError, Exception):
                 pass
-        if self.member_id and self.error is None:
+        member = bool(self.member_id) and self.error is None
+        if self.error is None and (member or not self.topics):
             held = self.consumer.assignment()
             try:
                 async with self._locked():
                     if self.enable_auto_commit and held:
                         self._consumed = self.consumer._positions()  # stopping: the application is done
                         await self._commit_locked(None, best_effort=True)
+                    if not member:
+                        return
                     await self._call_listener("on_partitions_revoked", held)
                     if self.group_instance_id is None:
+                        # Best effort, and never longer than a session: without it the session ends anyway.
                         await self._request(LeaveGroupRequest(group_id=self.group_id, member_id=self.member_id,
-                                                              reason="the consumer stopped"), retry=False)
+                                                              reason="the consumer stopped"), retry=False,
+                                            deadline=self._loop.time() + self.session_timeout_ms / 1000)
             except TidelogError as exc:
                 log.debug("leaving group %s: %s", self.group_id, exc)
 
@@ -218,8 +228,18 @@ class GroupMembership:
         while True:
             try:
                 if self._left_for_poll or not self.topics:
+                    # Not a member: wait to be woken; with assign() and auto-commit, commit meanwhile.
                     self._wake.clear()
-                    await self._wake.wait()
+                    auto = not self.topics and self.enable_auto_commit
+                    try:
+                        async with asyncio.timeout(self.auto_commit_interval_ms / 1000 if auto else None):
+                            await self._wake.wait()
+                    except TimeoutError:
+                        async with self._locked():
+                            await self._commit_locked(None, best_effort=True)
+                    continue
+                if self._session_lost():
+                    await self._give_up_partitions()
                     continue
                 if self._need_join:
                     async with self._locked():
@@ -263,12 +283,46 @@ class GroupMembership:
                     return
                 log.debug("group %s: %s; retrying", self.group_id, exc)
                 await asyncio.sleep(self.retry_backoff_ms / 1000)
+            except Exception as exc:  # a bug: stop consuming rather than consume without a membership
+                log.exception("group %s: membership failed", self.group_id)
+                await self._lose_all(exc)
+                return
+
+    def _session_lost(self) -> bool:
+        """No answer from the coordinator for a whole session: it has removed this member (or is
+        about to), so someone else may be handed its partitions."""
+        return bool(self.member_id) and self._session_ok_until is not None and \
+            self._loop.time() > self._session_ok_until and bool(self.consumer.assignment())
+
+    def _session_ok(self, sent_at: float) -> None:
+        """A request sent at `sent_at` was answered: the coordinator heard from this member no
+        earlier than that, so it keeps it at least a session from then."""
+        self._session_ok_until = sent_at + self.session_timeout_ms / 1000
+
+    async def _give_up_partitions(self) -> None:
+        """Stop consuming everything (no commit: this member may already be out of the group)
+        and rejoin. The deadline counts from when the last answered request was *sent*, before
+        the coordinator received it, so this member stops before the coordinator's session for
+        it ends: a partition is never read by it and by its next owner at once."""
+        held = self.consumer.assignment()
+        log.warning("group %s: no answer from the coordinator within session_timeout_ms=%s; giving up %d "
+                    "partitions and rejoining", self.group_id, self.session_timeout_ms, len(held))
+        async with self._locked():
+            await self._call_listener("on_partitions_revoked", held)
+            self.consumer._group_revoke(held)
+            for tp in held:
+                self._last_committed.pop(tp, None)
+        self.member_id, self.generation = "", -1
+        self._session_ok_until = None
+        self._need_join = True
 
     async def _heartbeat(self) -> None:
+        sent = self._loop.time()
         response = await self._request(HeartbeatRequest(group_id=self.group_id, member_id=self.member_id,
-                                                        generation=self.generation))
+                                                        generation=self.generation), deadline=self._session_ok_until)
         code = response.error_code
         if code == ErrorCode.NONE:
+            self._session_ok(sent)
             if response.sync:
                 self._need_sync = True
         elif code in (ErrorCode.UNKNOWN_MEMBER_ID, ErrorCode.ILLEGAL_GENERATION, ErrorCode.REBALANCE_IN_PROGRESS):
@@ -280,6 +334,7 @@ class GroupMembership:
             raise error_for_code(code, response.error_message, f"heartbeat to group {self.group_id!r}")
 
     async def _join_locked(self) -> None:
+        sent = self._loop.time()
         response = await self._request(JoinGroupRequest(
             group_id=self.group_id, member_id=self.member_id, group_instance_id=self.group_instance_id,
             client_id=self.client_id, session_timeout_ms=self.session_timeout_ms,
@@ -288,6 +343,7 @@ class GroupMembership:
         if response.error_code != ErrorCode.NONE:
             raise error_for_code(response.error_code, response.error_message, f"joining group {self.group_id!r}")
         self.member_id, self.generation = response.member_id, response.generation
+        self._session_ok(sent)
         self._interval_ms = min(self.heartbeat_interval_ms, max(1, response.heartbeat_interval_ms))
         self._need_join = False
         await self._sync_locked()
@@ -296,6 +352,7 @@ class GroupMembership:
         """SyncGroup until nothing is left to give up (see the module docstring)."""
         while True:
             held = self.consumer.assignment()
+            sent = self._loop.time()
             response = await self._request(SyncGroupRequest(group_id=self.group_id, member_id=self.member_id,
                                                             generation=self.generation, owned=_rows(held)))
             code = response.error_code
@@ -307,6 +364,7 @@ class GroupMembership:
             if code != ErrorCode.NONE:
                 raise error_for_code(code, response.error_message, f"syncing with group {self.group_id!r}")
             self.generation = response.generation
+            self._session_ok(sent)
             self._need_sync = False
             target = _tps(response.assignment)
             revoked = held - target
@@ -449,20 +507,25 @@ class GroupMembership:
         return _Guard()
 
     async def _call_listener(self, name: str, partitions: set[TopicPartition]) -> None:
+        """Run a listener method; what it raises is logged, never allowed to stop the membership."""
         if self.listener is None or not partitions:
             return
-        result = getattr(self.listener, name)(set(partitions))
-        if inspect.isawaitable(result):
-            await result
+        try:
+            result = getattr(self.listener, name)(set(partitions))
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("group %s: %s raised", self.group_id, name)
 
-    async def _request(self, request: Any, retry: bool = True) -> Any:
+    async def _request(self, request: Any, retry: bool = True, deadline: float | None = None) -> Any:
         """Send to the coordinator, finding it first; coordinator changes and lost connections
-        are retried (retry_backoff_ms) until request_timeout_ms has passed."""
-        deadline = self._loop.time() + self.request_timeout_ms / 1000
+        are retried (retry_backoff_ms) until request_timeout_ms (or `deadline`) has passed."""
+        limit = self._loop.time() + self.request_timeout_ms / 1000
+        deadline = limit if deadline is None else min(limit, deadline)
         while True:
             try:
-                conn = await self._coordinator()
-                response = await conn.request(request)
+                conn = await self._coordinator(deadline)
+                response = await conn.request(request, timeout_ms=max(1.0, (deadline - self._loop.time()) * 1000))
                 code = getattr(response, "error_code", ErrorCode.NONE)
                 if code in _COORDINATOR_ERRORS:
                     raise error_for_code(code, response.error_message, f"group {self.group_id!r}")
@@ -475,13 +538,14 @@ class GroupMembership:
                 self.coordinator_id = None
                 await asyncio.sleep(self.retry_backoff_ms / 1000)
 
-    async def _coordinator(self):
+    async def _coordinator(self, deadline: float):
         if self.coordinator_id is not None:
             conn = self.cluster.ready_connection(self.coordinator_id)
             if conn is not None:
                 return conn
         conn = await self.cluster.any_connection()
-        response = await conn.request(FindCoordinatorRequest(key=self.group_id))
+        response = await conn.request(FindCoordinatorRequest(key=self.group_id),
+                                      timeout_ms=max(1.0, (deadline - self._loop.time()) * 1000))
         if response.error_code != ErrorCode.NONE:
             raise error_for_code(response.error_code, response.error_message, f"finding the coordinator of group {self.group_id!r}")
         if response.node_id not in self.cluster.metadata.brokers:

@@ -58,10 +58,10 @@ class ProducerBatch:
     __slots__ = (
         "tp", "builder", "created_ms", "deadline_ms", "reserved_bytes", "record_count", "payload",
         "attempts", "retry_at_ms", "last_error", "base_offset", "error", "is_done", "_observers",
-        "_done_waiter", "loop",
+        "_done_waiter", "loop", "identity", "sequenced",
     )
 
-    def __init__(self, tp: TopicPartition, created_ms: float, deadline_ms: float, loop):
+    def __init__(self, tp: TopicPartition, created_ms: float, deadline_ms: float, loop, identity=None):
         self.tp = tp
         self.builder: BatchBuilder | None = BatchBuilder()
         self.created_ms = created_ms
@@ -79,6 +79,8 @@ class ProducerBatch:
         self._observers: list[RecordFuture] | None = None  # records someone waits on
         self._done_waiter: asyncio.Future | None = None
         self.loop = loop
+        self.identity = identity  # an idempotent producer's ProducerIdentity, else None
+        self.sequenced = False  # its sequence numbers are assigned (it was encoded)
 
     @property
     def estimated_bytes(self) -> int:
@@ -87,7 +89,14 @@ class ProducerBatch:
     def build(self) -> bytes:
         """Encode the batch (one msgpack call) the first time; later attempts resend the bytes."""
         if self.payload is None:
-            self.payload = self.builder.build()
+            identity = self.identity
+            if identity is None:
+                self.payload = self.builder.build()
+            else:
+                self.payload = self.builder.build(
+                    producer_id=identity.producer_id, producer_epoch=identity.producer_epoch,
+                    base_sequence=identity.assign(self.tp, len(self.builder)))
+                self.sequenced = True
             self.builder.release()  # the rows are in the payload now; free them
         return self.payload
 
@@ -395,6 +404,7 @@ class Accumulator:
         self._flushes = 0
         self.closing = False
         self.batches_created = 0  # a counter for tests and metrics
+        self.identity = None  # client.producer.idempotence.ProducerIdentity when idempotent
 
     # --- the send path --------------------------------------------------------------------------
 
@@ -488,7 +498,7 @@ class Accumulator:
 
     def _new_batch(self, tp: TopicPartition) -> ProducerBatch:
         now = self.clock()
-        batch = ProducerBatch(tp, now, now + self.delivery_timeout_ms, self.loop)
+        batch = ProducerBatch(tp, now, now + self.delivery_timeout_ms, self.loop, self.identity)
         queue = self.queues.get(tp)
         if queue is None:
             queue = self.queues[tp] = deque()
@@ -586,6 +596,11 @@ class Accumulator:
             queue.popleft()
             total += len(batch.build())
             taken.append(batch)
+            if batch.identity is not None and batch.attempts:
+                # An idempotent retry goes alone: the leader may hold it already and answers a
+                # duplicate with its original offsets, which a request mixing it with new
+                # batches could not be given.
+                break
         if queue is not None and not queue:
             del self.queues[tp]
         return taken
@@ -606,6 +621,8 @@ class Accumulator:
         """Resolve a batch and give its buffer memory back."""
         if batch.is_done:
             return
+        if error is not None and batch.sequenced and batch.identity is not None:
+            batch.identity.batch_failed(batch.tp, error)
         batch.complete(base_offset, error)
         self.incomplete.discard(batch)
         self._release(batch.reserved_bytes)

@@ -27,7 +27,14 @@ from operator import add
 from typing import Any, Callable, Iterable, Sequence
 
 from client.cluster import METADATA_MAX_AGE_MS_DEFAULT, RETRY_BACKOFF_MS_DEFAULT, Cluster
-from client.errors import IllegalStateError, RecordTooLargeError, UnknownTopicOrPartitionError
+from client.errors import (
+    IllegalStateError,
+    RecordTooLargeError,
+    TidelogError,
+    TidelogTimeoutError,
+    UnknownTopicOrPartitionError,
+    error_for_code,
+)
 from client.producer.accumulator import (
     _RECORD_OVERHEAD_BYTES,
     BATCH_OVERHEAD_BYTES,
@@ -45,7 +52,10 @@ from client.protocol.limits import (
     PRODUCER_BUFFER_BYTES_MAX_DEFAULT,
     REQUEST_TIMEOUT_MS_DEFAULT,
 )
-from client.protocol.messages import ApiKey
+from client.producer.idempotence import ProducerIdentity
+from client.protocol.errors import ErrorCode
+from client.protocol.messages import ApiKey, InitProducerIdRequest
+from client.security import SecurityConfig
 from client.types import RecordMetadata, TopicPartition
 
 _ACKS = {0: 0, 1: 1, -1: -1, "all": -1, "0": 0, "1": 1, "-1": -1}
@@ -91,15 +101,27 @@ class Producer:
         key_serializer: Callable[[Any], bytes] | None = None,
         value_serializer: Callable[[Any], bytes] | None = None,
         partitioner: Callable[[bytes | None, list[int], list[int]], int] | None = None,
-        enable_idempotence: bool = False,
+        enable_idempotence: bool | None = None,
         transactional_id: str | None = None,
         clock: Callable[[], float] | None = None,
+        security_protocol: str = "PLAINTEXT",
+        ssl_context: Any = None,
+        sasl_mechanism: str = "SCRAM-SHA-256",
+        sasl_plain_username: str | None = None,
+        sasl_plain_password: str | None = None,
         rng: random.Random | None = None,
     ):
         if acks not in _ACKS:
             raise ValueError(f"acks must be 0, 1, 'all' or -1, got {acks!r}")
-        if enable_idempotence or transactional_id is not None:
-            raise NotImplementedError("idempotent and transactional producers are not implemented yet")
+        if transactional_id is not None:
+            raise NotImplementedError(
+                "transactional producers are not implemented yet; enable_idempotence=True (the default with "
+                "acks='all') already writes each record once per partition despite retries")
+        if enable_idempotence is None:
+            enable_idempotence = _ACKS[acks] == -1  # Kafka's default since 3.0: on with acks=all
+        if enable_idempotence and _ACKS[acks] != -1:
+            raise ValueError(f"enable_idempotence=True needs acks='all' (got acks={acks!r}): a record acknowledged "
+                             f"by the leader alone may be lost in a failover and then sent again")
         for name, value in (
             ("batch_size", batch_size), ("buffer_memory", buffer_memory), ("max_request_size", max_request_size),
             ("request_timeout_ms", request_timeout_ms), ("delivery_timeout_ms", delivery_timeout_ms),
@@ -113,6 +135,9 @@ class Producer:
             raise ValueError(f"max_request_size must exceed {REQUEST_OVERHEAD_BYTES + BATCH_OVERHEAD_BYTES} bytes")
         if max_request_size > FRAME_BYTES_MAX_DEFAULT // 2:
             raise ValueError(f"max_request_size must be at most {FRAME_BYTES_MAX_DEFAULT // 2} bytes")
+        # TLS / SASL, as in aiokafka (client/security.py); checked here, used by every connection.
+        self._security = SecurityConfig.from_kwargs(security_protocol, ssl_context, sasl_mechanism,
+                                                    sasl_plain_username, sasl_plain_password)
         self.bootstrap_servers = bootstrap_servers
         self.client_id = client_id
         self.acks = _ACKS[acks]
@@ -140,6 +165,8 @@ class Producer:
         self._running = False
         self._stopped = False
         self._failure: BaseException | None = None
+        self.enable_idempotence = enable_idempotence
+        self._identity: ProducerIdentity | None = None
 
     # --- life cycle -----------------------------------------------------------------------------
 
@@ -156,9 +183,16 @@ class Producer:
             required_apis=(ApiKey.PRODUCE, ApiKey.METADATA),
             allow_auto_topic_creation=True,
             client_id=self.client_id,
+            security=self._security,
         )
         await self._cluster.start()  # on failure it closes what it opened
         self._cluster.add_listener(self._tps.clear)  # partition counts may have changed
+        if self.enable_idempotence:
+            try:
+                self._identity = await self._init_producer_id()
+            except BaseException:
+                await self._cluster.close()
+                raise
         self._accumulator = Accumulator(
             batch_size=self.batch_size,
             buffer_memory=self.buffer_memory,
@@ -167,6 +201,7 @@ class Producer:
             clock=self._clock,
             loop=loop,
         )
+        self._accumulator.identity = self._identity
         self._sender = Sender(
             self._accumulator,
             self._cluster,
@@ -225,7 +260,7 @@ class Producer:
 
         Raises RecordTooLargeError at once for a record that can never fit in a request, and
         UnknownTopicOrPartitionError when the topic does not appear within request_timeout_ms."""
-        if not self._running:
+        if not self._running or (self._identity is not None and self._identity.broken is not None):
             raise self._not_running_error()
         if self._key_serializer is not None and key is not None:
             key = self._key_serializer(key)
@@ -298,7 +333,7 @@ class Producer:
 
         Returns a BulkFuture: `await` it (or add_done_callback) to learn that all were
         acknowledged; its result is the list of RecordMetadata in the order of `values`."""
-        if not self._running:
+        if not self._running or (self._identity is not None and self._identity.broken is not None):
             raise self._not_running_error()
         loop = asyncio.get_running_loop()
         if not isinstance(values, (list, tuple)):
@@ -441,7 +476,34 @@ class Producer:
 
     # --- helpers --------------------------------------------------------------------------------
 
+    async def _init_producer_id(self) -> ProducerIdentity:
+        """A producer id from the active controller (InitProducerId), retrying retriable errors
+        (no controller yet, NOT_CONTROLLER after a failover) within request_timeout_ms."""
+        cluster = self._cluster
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.request_timeout_ms / 1000
+        while True:
+            try:
+                controller_id = cluster.metadata.controller_id
+                if controller_id in cluster.metadata.brokers:
+                    conn = await cluster.connection(controller_id)
+                else:
+                    conn = await cluster.any_connection()
+                response = await conn.request(InitProducerIdRequest())
+                if response.error_code == ErrorCode.NONE:
+                    return ProducerIdentity(response.producer_id, response.producer_epoch)
+                raise error_for_code(response.error_code, response.error_message, f"InitProducerId on broker {conn.broker}")
+            except TidelogError as exc:
+                if isinstance(exc, TidelogTimeoutError) or not exc.retriable:
+                    raise
+                if loop.time() + self.retry_backoff_ms / 1000 >= deadline:
+                    raise
+                cluster.request_update()
+                await asyncio.sleep(self.retry_backoff_ms / 1000)
+
     def _not_running_error(self) -> IllegalStateError:
+        if self._identity is not None and self._identity.broken is not None:
+            return IllegalStateError(f"idempotent producer {self._identity.producer_id}: {self._identity.broken}")
         if self._failure is not None:
             return IllegalStateError(f"the producer's sender failed: {self._failure!r}")
         if self._stopped:

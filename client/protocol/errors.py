@@ -115,6 +115,8 @@ class ErrorCode(enum.IntEnum):
     BROKER_ID_NOT_REGISTERED = (102, False, "The broker id is not registered with the controller.")
     INELIGIBLE_REPLICA = (107, False, "A replica named for the ISR is not eligible (fenced or not a replica).")
     INCONSISTENT_CLUSTER_ID = (104, False, "The cluster id in the request does not match this cluster's.")
+    RESOURCE_NOT_FOUND = (91, False, "The named resource (a user, an ACL) does not exist.")
+    UNACCEPTABLE_CREDENTIAL = (93, False, "The credential does not meet the broker's rules (mechanism, iterations, lengths).")
     UNSUPPORTED_API = (TIDELOG_CODES_START, False, "The broker does not know this API key.")
 
 

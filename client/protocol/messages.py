@@ -70,8 +70,13 @@ class ApiKey(enum.IntEnum):
     API_VERSIONS = 18
     CREATE_TOPICS = 19
     DELETE_TOPICS = 20
-    INIT_PRODUCER_ID = 22  # reserved
+    INIT_PRODUCER_ID = 22  # a producer id (and epoch) for an idempotent or transactional producer
     OFFSETS_FOR_LEADER_EPOCH = 23  # a follower asks where its last leader epoch ended (KIP-101)
+    ADD_PARTITIONS_TO_TXN = 24  # reserved (transactions)
+    ADD_OFFSETS_TO_TXN = 25  # reserved (transactions)
+    END_TXN = 26  # reserved (transactions)
+    WRITE_TXN_MARKERS = 27  # reserved (transactions)
+    TXN_OFFSET_COMMIT = 28  # reserved (transactions)
     ALTER_TOPIC_CONFIGS = 44  # Kafka's IncrementalAlterConfigs, for topics
     RAFT_VOTE = 52  # reserved; Kafka's KRaft Vote
     DESCRIBE_QUORUM = 55  # Kafka's KRaft DescribeQuorum: the controller quorum's leader, term, lag
@@ -1664,6 +1669,62 @@ register_api(AlterPartitionRequest, AlterPartitionResponse)
 register_api(ControlledShutdownRequest, ControlledShutdownResponse)
 
 
+# --- Exactly-once: InitProducerId ---------------------------------------------------------------
+
+NO_PRODUCER_ID = -1
+NO_PRODUCER_EPOCH = -1
+
+
+@dataclass(slots=True, kw_only=True)
+class InitProducerIdRequest(Request):
+    """An idempotent producer (no transactional_id) gets a fresh producer id at epoch 0; a
+    transactional one gets the id bound to its transactional_id with the epoch raised, which
+    fences any older producer using the same transactional_id.
+
+    Control: [transactional_id, transaction_timeout_ms, producer_id, producer_epoch]."""
+
+    API_KEY: ClassVar[int] = ApiKey.INIT_PRODUCER_ID
+    transactional_id: str | None = None
+    transaction_timeout_ms: int = 60_000
+    producer_id: int = NO_PRODUCER_ID
+    producer_epoch: int = NO_PRODUCER_EPOCH
+
+    def to_control(self) -> list:
+        return [self.transactional_id, self.transaction_timeout_ms, self.producer_id, self.producer_epoch]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> InitProducerIdRequest:
+        transactional_id, timeout_ms, producer_id, epoch = _fields(control, "control", 4)
+        return cls(transactional_id=_opt_str(transactional_id, "transactional_id"),
+                   transaction_timeout_ms=_int(timeout_ms, "transaction_timeout_ms", _I32),
+                   producer_id=_int(producer_id, "producer_id", _I64), producer_epoch=_int(epoch, "producer_epoch", _I16))
+
+
+@dataclass(slots=True, kw_only=True)
+class InitProducerIdResponse(Response):
+    """Control: [throttle_time_ms, error_code, error_message, producer_id, producer_epoch]."""
+
+    API_KEY: ClassVar[int] = ApiKey.INIT_PRODUCER_ID
+    throttle_time_ms: int = 0
+    error_code: int = ErrorCode.NONE
+    error_message: str | None = None
+    producer_id: int = NO_PRODUCER_ID
+    producer_epoch: int = NO_PRODUCER_EPOCH
+
+    def to_control(self) -> list:
+        return [self.throttle_time_ms, self.error_code, self.error_message, self.producer_id, self.producer_epoch]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> InitProducerIdResponse:
+        throttle, error_code, message, producer_id, epoch = _fields(control, "control", 5)
+        return cls(throttle_time_ms=_int(throttle, "throttle_time_ms", _I32), error_code=_int(error_code, "error_code", _I16),
+                   error_message=_opt_str(message, "error_message"), producer_id=_int(producer_id, "producer_id", _I64),
+                   producer_epoch=_int(epoch, "producer_epoch", _I16))
+
+
+register_api(InitProducerIdRequest, InitProducerIdResponse)
+
+
 # --- Consumer groups: FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, -------------
 # --- OffsetCommit, OffsetFetch, ListGroups, DescribeGroups (broker/groups/) -------------------
 # Kafka's API keys and error codes, tidelog's own shapes: the coordinator assigns partitions
@@ -2171,3 +2232,379 @@ register_api(OffsetCommitRequest, OffsetCommitResponse)
 register_api(OffsetFetchRequest, OffsetFetchResponse)
 register_api(ListGroupsRequest, ListGroupsResponse)
 register_api(DescribeGroupsRequest, DescribeGroupsResponse)
+
+
+# --- Security: SaslHandshake, SaslAuthenticate, user SCRAM credentials, ACLs ----------------------
+# Kafka's numbers for the same APIs. Their names live in SecurityApiKey (the ApiKey table above
+# is left as it is); api_name() still prints them as "api key 17" etc. The SCRAM exchange itself
+# is client/protocol/scram.py; which strings an ACL field may hold is the broker's to check.
+
+
+class SecurityApiKey(enum.IntEnum):
+    SASL_HANDSHAKE = 17
+    DESCRIBE_ACLS = 29
+    CREATE_ACLS = 30
+    DELETE_ACLS = 31
+    SASL_AUTHENTICATE = 36
+    DESCRIBE_USER_SCRAM_CREDENTIALS = 50
+    ALTER_USER_SCRAM_CREDENTIALS = 51
+
+
+def _bin(value: Any, path: str) -> bytes:
+    if type(value) is not bytes:
+        raise _Malformed(f"{path} must be bytes, got {_describe(value)}")
+    return value
+
+
+class _SecurityMessage:
+    """from_control naming the API from SecurityApiKey (ApiKey does not list these keys)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def from_control(cls, control: Any, payload: Any = b""):
+        reader = _PayloadReader(_as_byte_view(payload))
+        try:
+            message = cls._from_control(control, reader)
+            reader.finish()
+        except _Malformed as exc:
+            kind = "request" if cls.IS_REQUEST else "response"
+            error = InvalidRequestError if cls.IS_REQUEST else InvalidResponseError
+            raise error(f"{SecurityApiKey(cls.API_KEY).name} {kind}: {exc}") from None
+        return message
+
+
+@dataclass(slots=True, kw_only=True)
+class SaslHandshakeRequest(_SecurityMessage, Request):
+    """Pick the SASL mechanism for this connection (only SCRAM-SHA-256 today)."""
+
+    API_KEY: ClassVar[int] = SecurityApiKey.SASL_HANDSHAKE
+    mechanism: str = "SCRAM-SHA-256"
+
+    def to_control(self) -> list:
+        return [self.mechanism]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> SaslHandshakeRequest:
+        (mechanism,) = _fields(control, "control", 1)
+        return cls(mechanism=_str(mechanism, "mechanism"))
+
+
+@dataclass(slots=True, kw_only=True)
+class SaslHandshakeResponse(_SecurityMessage, Response):
+    API_KEY: ClassVar[int] = SecurityApiKey.SASL_HANDSHAKE
+    error_code: int = ErrorCode.NONE
+    mechanisms: list[str] = field(default_factory=list)  # what the broker offers
+
+    def to_control(self) -> list:
+        return [self.error_code, self.mechanisms]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> SaslHandshakeResponse:
+        error_code, mechanisms = _fields(control, "control", 2)
+        return cls(error_code=_int(error_code, "error_code", _I16), mechanisms=_str_list(mechanisms, "mechanisms"))
+
+
+@dataclass(slots=True, kw_only=True)
+class SaslAuthenticateRequest(_SecurityMessage, Request):
+    """One message of the mechanism's exchange (SCRAM: client-first, then client-final)."""
+
+    API_KEY: ClassVar[int] = SecurityApiKey.SASL_AUTHENTICATE
+    auth_bytes: bytes = b""
+
+    def to_control(self) -> list:
+        return [self.auth_bytes]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> SaslAuthenticateRequest:
+        (auth_bytes,) = _fields(control, "control", 1)
+        return cls(auth_bytes=_bin(auth_bytes, "auth_bytes"))
+
+
+@dataclass(slots=True, kw_only=True)
+class SaslAuthenticateResponse(_SecurityMessage, Response):
+    API_KEY: ClassVar[int] = SecurityApiKey.SASL_AUTHENTICATE
+    error_code: int = ErrorCode.NONE
+    error_message: str | None = None
+    auth_bytes: bytes = b""
+    session_lifetime_ms: int = 0  # 0: the session lasts as long as the connection
+
+    def to_control(self) -> list:
+        return [self.error_code, self.error_message, self.auth_bytes, self.session_lifetime_ms]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> SaslAuthenticateResponse:
+        error_code, message, (auth_bytes, lifetime) = _error_fields(control, 4)
+        return cls(error_code=error_code, error_message=message, auth_bytes=_bin(auth_bytes, "auth_bytes"),
+                   session_lifetime_ms=_int(lifetime, "session_lifetime_ms", _I64))
+
+
+@dataclass(slots=True)
+class ScramCredentialInfo:
+    user: str
+    mechanism: str
+    iterations: int
+
+
+@dataclass(slots=True, kw_only=True)
+class DescribeUserScramCredentialsRequest(_SecurityMessage, Request):
+    """The SCRAM users the cluster knows (users=None: all of them). Never returns keys."""
+
+    API_KEY: ClassVar[int] = SecurityApiKey.DESCRIBE_USER_SCRAM_CREDENTIALS
+    users: list[str] | None = None
+
+    def to_control(self) -> list:
+        return [self.users]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> DescribeUserScramCredentialsRequest:
+        (users,) = _fields(control, "control", 1)
+        return cls(users=None if users is None else _str_list(users, "users"))
+
+
+@dataclass(slots=True, kw_only=True)
+class DescribeUserScramCredentialsResponse(_SecurityMessage, Response):
+    API_KEY: ClassVar[int] = SecurityApiKey.DESCRIBE_USER_SCRAM_CREDENTIALS
+    error_code: int = ErrorCode.NONE
+    error_message: str | None = None
+    users: list[ScramCredentialInfo] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        return [self.error_code, self.error_message, [[u.user, u.mechanism, u.iterations] for u in self.users]]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> DescribeUserScramCredentialsResponse:
+        error_code, message, (rows,) = _error_fields(control, 3)
+        users = [ScramCredentialInfo(_str(user, "users[].user"), _str(mechanism, "users[].mechanism"),
+                                     _int(iterations, "users[].iterations", _I32))
+                 for user, mechanism, iterations in _rows(rows, "users", 3)]
+        return cls(error_code=error_code, error_message=message, users=users)
+
+
+@dataclass(slots=True)
+class ScramUpsertion:
+    """A user's new credential, computed by the client: the password itself never leaves it."""
+
+    user: str
+    mechanism: str
+    iterations: int
+    salt: bytes
+    stored_key: bytes
+    server_key: bytes
+
+
+@dataclass(slots=True)
+class ScramDeletion:
+    user: str
+    mechanism: str
+
+
+@dataclass(slots=True)
+class UserResult:
+    user: str
+    error_code: int
+    error_message: str | None
+
+
+@dataclass(slots=True, kw_only=True)
+class AlterUserScramCredentialsRequest(_SecurityMessage, Request):
+    API_KEY: ClassVar[int] = SecurityApiKey.ALTER_USER_SCRAM_CREDENTIALS
+    upsertions: list[ScramUpsertion] = field(default_factory=list)
+    deletions: list[ScramDeletion] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        return [[[u.user, u.mechanism, u.iterations, u.salt, u.stored_key, u.server_key] for u in self.upsertions],
+                [[d.user, d.mechanism] for d in self.deletions]]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> AlterUserScramCredentialsRequest:
+        upsertions, deletions = _fields(control, "control", 2)
+        return cls(
+            upsertions=[ScramUpsertion(_str(user, "upsertions[].user"), _str(mechanism, "upsertions[].mechanism"),
+                                       _int(iterations, "upsertions[].iterations", _I32),
+                                       _bin(salt, "upsertions[].salt"), _bin(stored, "upsertions[].stored_key"),
+                                       _bin(server, "upsertions[].server_key"))
+                        for user, mechanism, iterations, salt, stored, server in _rows(upsertions, "upsertions", 6)],
+            deletions=[ScramDeletion(_str(user, "deletions[].user"), _str(mechanism, "deletions[].mechanism"))
+                       for user, mechanism in _rows(deletions, "deletions", 2)],
+        )
+
+
+@dataclass(slots=True, kw_only=True)
+class AlterUserScramCredentialsResponse(_SecurityMessage, Response):
+    API_KEY: ClassVar[int] = SecurityApiKey.ALTER_USER_SCRAM_CREDENTIALS
+    results: list[UserResult] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        return [[[r.user, r.error_code, r.error_message] for r in self.results]]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> AlterUserScramCredentialsResponse:
+        (rows,) = _fields(control, "control", 1)
+        return cls(results=[UserResult(_str(user, "results[].user"), _int(code, "results[].error_code", _I16),
+                                       _opt_str(message, "results[].error_message"))
+                            for user, code, message in _rows(rows, "results", 3)])
+
+
+@dataclass(slots=True)
+class AclBinding:
+    """One rule. Strings, checked by the broker: principal "User:alice" (or "User:*"),
+    resource_type topic|group|cluster, pattern_type literal|prefixed, operation
+    read|write|create|delete|describe|alter|all, permission allow|deny, host "*" (any)."""
+
+    principal: str
+    resource_type: str
+    resource_name: str
+    pattern_type: str
+    operation: str
+    permission: str
+    host: str = "*"
+
+    def to_row(self) -> list:
+        return [self.principal, self.resource_type, self.resource_name, self.pattern_type, self.operation,
+                self.permission, self.host]
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any], path: str) -> AclBinding:
+        return cls(*(_str(value, f"{path}.{name}") for value, name in zip(row, _ACL_FIELDS)))
+
+
+@dataclass(slots=True)
+class AclFilter:
+    """Matches bindings; a None field matches anything."""
+
+    principal: str | None = None
+    resource_type: str | None = None
+    resource_name: str | None = None
+    pattern_type: str | None = None
+    operation: str | None = None
+    permission: str | None = None
+    host: str | None = None
+
+    def to_row(self) -> list:
+        return [self.principal, self.resource_type, self.resource_name, self.pattern_type, self.operation,
+                self.permission, self.host]
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any], path: str) -> AclFilter:
+        return cls(*(_opt_str(value, f"{path}.{name}") for value, name in zip(row, _ACL_FIELDS)))
+
+
+_ACL_FIELDS = ("principal", "resource_type", "resource_name", "pattern_type", "operation", "permission", "host")
+
+
+def _acl_rows(value: Any, path: str) -> list[AclBinding]:
+    row_path = path + "[]"
+    return [AclBinding.from_row(row, row_path) for row in _rows(value, path, len(_ACL_FIELDS))]
+
+
+@dataclass(slots=True)
+class AclResult:
+    error_code: int
+    error_message: str | None
+
+
+@dataclass(slots=True)
+class AclDeleteResult:
+    error_code: int
+    error_message: str | None
+    deleted: list[AclBinding]
+
+
+@dataclass(slots=True, kw_only=True)
+class DescribeAclsRequest(_SecurityMessage, Request):
+    API_KEY: ClassVar[int] = SecurityApiKey.DESCRIBE_ACLS
+    filter: AclFilter = field(default_factory=AclFilter)
+
+    def to_control(self) -> list:
+        return [self.filter.to_row()]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> DescribeAclsRequest:
+        (row,) = _fields(control, "control", 1)
+        return cls(filter=AclFilter.from_row(_fields(row, "filter", len(_ACL_FIELDS)), "filter"))
+
+
+@dataclass(slots=True, kw_only=True)
+class DescribeAclsResponse(_SecurityMessage, Response):
+    API_KEY: ClassVar[int] = SecurityApiKey.DESCRIBE_ACLS
+    error_code: int = ErrorCode.NONE
+    error_message: str | None = None
+    acls: list[AclBinding] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        return [self.error_code, self.error_message, [a.to_row() for a in self.acls]]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> DescribeAclsResponse:
+        error_code, message, (rows,) = _error_fields(control, 3)
+        return cls(error_code=error_code, error_message=message, acls=_acl_rows(rows, "acls"))
+
+
+@dataclass(slots=True, kw_only=True)
+class CreateAclsRequest(_SecurityMessage, Request):
+    API_KEY: ClassVar[int] = SecurityApiKey.CREATE_ACLS
+    acls: list[AclBinding] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        return [[a.to_row() for a in self.acls]]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> CreateAclsRequest:
+        (rows,) = _fields(control, "control", 1)
+        return cls(acls=_acl_rows(rows, "acls"))
+
+
+@dataclass(slots=True, kw_only=True)
+class CreateAclsResponse(_SecurityMessage, Response):
+    API_KEY: ClassVar[int] = SecurityApiKey.CREATE_ACLS
+    results: list[AclResult] = field(default_factory=list)  # one per binding, in request order
+
+    def to_control(self) -> list:
+        return [[[r.error_code, r.error_message] for r in self.results]]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> CreateAclsResponse:
+        (rows,) = _fields(control, "control", 1)
+        return cls(results=[AclResult(_int(code, "results[].error_code", _I16), _opt_str(message, "results[].error_message"))
+                            for code, message in _rows(rows, "results", 2)])
+
+
+@dataclass(slots=True, kw_only=True)
+class DeleteAclsRequest(_SecurityMessage, Request):
+    API_KEY: ClassVar[int] = SecurityApiKey.DELETE_ACLS
+    filters: list[AclFilter] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        return [[f.to_row() for f in self.filters]]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> DeleteAclsRequest:
+        (rows,) = _fields(control, "control", 1)
+        return cls(filters=[AclFilter.from_row(row, "filters[]") for row in _rows(rows, "filters", len(_ACL_FIELDS))])
+
+
+@dataclass(slots=True, kw_only=True)
+class DeleteAclsResponse(_SecurityMessage, Response):
+    API_KEY: ClassVar[int] = SecurityApiKey.DELETE_ACLS
+    results: list[AclDeleteResult] = field(default_factory=list)  # one per filter, in request order
+
+    def to_control(self) -> list:
+        return [[[r.error_code, r.error_message, [a.to_row() for a in r.deleted]] for r in self.results]]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> DeleteAclsResponse:
+        (rows,) = _fields(control, "control", 1)
+        return cls(results=[AclDeleteResult(_int(code, "results[].error_code", _I16),
+                                            _opt_str(message, "results[].error_message"),
+                                            _acl_rows(deleted, "results[].deleted"))
+                            for code, message, deleted in _rows(rows, "results", 3)])
+
+
+register_api(SaslHandshakeRequest, SaslHandshakeResponse)
+register_api(SaslAuthenticateRequest, SaslAuthenticateResponse)
+register_api(DescribeUserScramCredentialsRequest, DescribeUserScramCredentialsResponse)
+register_api(AlterUserScramCredentialsRequest, AlterUserScramCredentialsResponse)
+register_api(DescribeAclsRequest, DescribeAclsResponse)
+register_api(CreateAclsRequest, CreateAclsResponse)
+register_api(DeleteAclsRequest, DeleteAclsResponse)

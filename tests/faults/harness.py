@@ -739,6 +739,14 @@ def check_log(bootstrap_servers: str, topic: str, partitions: int, acks: Sequenc
                        min(len(offsets), len(expected)))
             report.problem(f"p{p}: offsets not contiguous from {starts[p]} to {ends[p]}: {len(offsets)} records, "
                            f"first difference at index {gap} ({offsets[gap:gap + 3]} vs {expected[gap:gap + 3]})")
+    # Exactly once: the workload's producers are idempotent (the SDK's default with acks="all"),
+    # so a retry after a lost answer or a failover must not write a value a second time.
+    for p in range(partitions):
+        counts = collections.Counter(value for _, value in records[p])
+        twice = [value for value, count in counts.items() if count > 1]
+        if twice:
+            report.problem(f"p{p}: {len(twice)} values stored more than once (idempotence failed), "
+                           f"e.g. {sorted(v[:24] for v in twice)[:3]}")
     stored = {p: dict(records[p]) for p in range(partitions)}
     missing = collections.Counter()
     for ack in acks:

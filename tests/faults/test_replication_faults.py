@@ -27,6 +27,7 @@ checks the checks: clean on an unfaulted run, and each kind of damage reported.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 
@@ -236,6 +237,10 @@ def test_the_checks_find_lost_misplaced_colliding_reordered_and_diverging_record
     assert f"p2@{end[2] + 5}: acknowledged b'lost', beyond the end offset" in text, text
     assert f"p0@{second.offset}: acknowledged {first.value[:24]!r}, holds" in text, text
     assert "producer 0 sent seq" in text, text
+    # A value written twice (by a non-idempotent producer, so the broker cannot tell).
+    asyncio.run(_send_plain(cluster.bootstrap_servers, first.value))
+    twice = check_log(cluster.bootstrap_servers, TOPIC, PARTITIONS, acks)
+    assert any("p0: 1 values stored more than once" in p for p in twice.problems), twice.problems
 
     final = cluster.wait_for_full_isr(TOPIC, HEAL_S)
     cluster.stop_gracefully()
@@ -249,5 +254,12 @@ def test_the_checks_find_lost_misplaced_colliding_reordered_and_diverging_record
     segment.write_bytes(bytes(data))
     damaged = check_replicas(cluster, TOPIC, end)
     assert any(f"p0: broker {follower}'s log differs" in p for p in damaged.problems), damaged.problems
-    short = check_replicas(cluster, TOPIC, {**end, 0: end[0] + 1})
+    short = check_replicas(cluster, TOPIC, {**end, 0: end[0] + 10})  # past what any replica holds
     assert any("holds offsets up to" in p for p in short.problems), short.problems
+
+
+async def _send_plain(bootstrap_servers: str, value: bytes) -> None:
+    from client import Producer
+
+    async with Producer(bootstrap_servers, acks=1) as producer:
+        await producer.send_and_wait(TOPIC, value, partition=0)

@@ -127,6 +127,12 @@ MESSAGE_STRATEGIES = {
         st.builds(m.OffsetsForLeaderEpochResponse,
                   topics=_few(st.tuples(NAME, _few(st.builds(m.EpochEndOffset, I32, I16, I32, I64))))),
     ),
+    m.ApiKey.INIT_PRODUCER_ID: (
+        st.builds(m.InitProducerIdRequest, transactional_id=OPT_NAME, transaction_timeout_ms=I32, producer_id=I64,
+                  producer_epoch=I16),
+        st.builds(m.InitProducerIdResponse, throttle_time_ms=I32, error_code=I16, error_message=OPT_NAME,
+                  producer_id=I64, producer_epoch=I16),
+    ),
     m.ApiKey.CONTROLLED_SHUTDOWN: (
         st.builds(m.ControlledShutdownRequest, broker_id=I32, incarnation=NAME),
         st.builds(m.ControlledShutdownResponse, error_code=I16, error_message=OPT_NAME, controller_id=I32,
@@ -188,6 +194,43 @@ MESSAGE_STRATEGIES = {
             _few(st.builds(m.DescribedOffset, NAME, I32, I64, NAME))))),
     ),
 }
+
+_acl = st.builds(m.AclBinding, NAME, NAME, NAME, NAME, NAME, NAME, NAME)
+_acl_filter = st.builds(m.AclFilter, OPT_NAME, OPT_NAME, OPT_NAME, OPT_NAME, OPT_NAME, OPT_NAME, OPT_NAME)
+MESSAGE_STRATEGIES.update({  # security (broker/security/)
+    m.SecurityApiKey.SASL_HANDSHAKE: (
+        st.builds(m.SaslHandshakeRequest, mechanism=NAME),
+        st.builds(m.SaslHandshakeResponse, error_code=I16, mechanisms=_few(NAME)),
+    ),
+    m.SecurityApiKey.SASL_AUTHENTICATE: (
+        st.builds(m.SaslAuthenticateRequest, auth_bytes=RECORDS),
+        st.builds(m.SaslAuthenticateResponse, error_code=I16, error_message=OPT_NAME, auth_bytes=RECORDS,
+                  session_lifetime_ms=I64),
+    ),
+    m.SecurityApiKey.DESCRIBE_USER_SCRAM_CREDENTIALS: (
+        st.builds(m.DescribeUserScramCredentialsRequest, users=st.none() | _few(NAME)),
+        st.builds(m.DescribeUserScramCredentialsResponse, error_code=I16, error_message=OPT_NAME,
+                  users=_few(st.builds(m.ScramCredentialInfo, NAME, NAME, I32))),
+    ),
+    m.SecurityApiKey.ALTER_USER_SCRAM_CREDENTIALS: (
+        st.builds(m.AlterUserScramCredentialsRequest,
+                  upsertions=_few(st.builds(m.ScramUpsertion, NAME, NAME, I32, RECORDS, RECORDS, RECORDS)),
+                  deletions=_few(st.builds(m.ScramDeletion, NAME, NAME))),
+        st.builds(m.AlterUserScramCredentialsResponse, results=_few(st.builds(m.UserResult, NAME, I16, OPT_NAME))),
+    ),
+    m.SecurityApiKey.DESCRIBE_ACLS: (
+        st.builds(m.DescribeAclsRequest, filter=_acl_filter),
+        st.builds(m.DescribeAclsResponse, error_code=I16, error_message=OPT_NAME, acls=_few(_acl)),
+    ),
+    m.SecurityApiKey.CREATE_ACLS: (
+        st.builds(m.CreateAclsRequest, acls=_few(_acl)),
+        st.builds(m.CreateAclsResponse, results=_few(st.builds(m.AclResult, I16, OPT_NAME))),
+    ),
+    m.SecurityApiKey.DELETE_ACLS: (
+        st.builds(m.DeleteAclsRequest, filters=_few(_acl_filter)),
+        st.builds(m.DeleteAclsResponse, results=_few(st.builds(m.AclDeleteResult, I16, OPT_NAME, _few(_acl)))),
+    ),
+})
 
 _API_KEYS = sorted(MESSAGE_STRATEGIES)
 
