@@ -49,7 +49,7 @@ from client.protocol.errors import ErrorCode
 from storage.clock import Clock, SystemClock
 
 from broker.logging import StructuredLogger, get_logger
-from broker.metadata import NO_LEADER, MetadataImage, PartitionState, assign_replicas, new_topic_id
+from broker.metadata import NO_LEADER, BrokerState, MetadataImage, PartitionState, assign_replicas, new_topic_id
 from broker.partitions import TOPIC_CONFIGS, UNCLEAN_ELECTION_CONFIG, TopicConfigError, validate_topic_configs
 from broker.raft.core import Role
 from broker.raft.driver import DriverStopped, ProposalLost, RaftDriver, ReadTimeout
@@ -476,12 +476,7 @@ class Controller:
         returns per change (error, message, the partition's state after it). The leader applies
         the new ISR only from its metadata image, i.e. once committed."""
         self._require_active()
-        broker = self.image.brokers.get(broker_id)
-        if broker is None:
-            raise ControllerError(ErrorCode.BROKER_ID_NOT_REGISTERED, f"broker {broker_id} is not registered")
-        if broker.incarnation != incarnation:
-            raise ControllerError(ErrorCode.STALE_BROKER_EPOCH,
-                                  f"broker {broker_id} registered as incarnation {broker.incarnation}, not {incarnation}")
+        broker = self._registered(broker_id, incarnation)
         live = self._electable()
         outcomes: list[tuple[ErrorCode, str | None, PartitionState | None]] = []
         proposed: list[tuple[int, str, int, int, list[int]]] = []  # (outcome index, topic, partition, from epoch, isr)
@@ -530,12 +525,7 @@ class Controller:
         answers (NOT_LEADER_OR_FOLLOWER sends them to the new leader) instead of timing out on
         a dead one. Returns the partitions it still leads (no other in-sync replica)."""
         self._require_active()
-        broker = self.image.brokers.get(broker_id)
-        if broker is None:
-            raise ControllerError(ErrorCode.BROKER_ID_NOT_REGISTERED, f"broker {broker_id} is not registered")
-        if broker.incarnation != incarnation:
-            raise ControllerError(ErrorCode.STALE_BROKER_EPOCH,
-                                  f"broker {broker_id} registered as incarnation {broker.incarnation}, not {incarnation}")
+        broker = self._registered(broker_id, incarnation)
         first = broker_id not in self._shutting_down
         self._shutting_down.add(broker_id)
         records = partition_changes(self.image, self._electable())
@@ -548,15 +538,21 @@ class Controller:
             self.log.info("broker_controlled_shutdown", node_id=broker_id, partitions_remaining=remaining)
         return remaining
 
-    def heartbeat(self, node_id: int, incarnation: str) -> bool:
-        """A registered broker is alive. Returns whether it is fenced (then it will be unfenced)."""
-        self._require_active()
+    def _registered(self, node_id: int, incarnation: str) -> BrokerState:
+        """The broker as registered, if the caller is that very process: a request from an
+        older incarnation (a process since replaced) must not act for the new one."""
         broker = self.image.brokers.get(node_id)
         if broker is None:
             raise ControllerError(ErrorCode.BROKER_ID_NOT_REGISTERED, f"broker {node_id} is not registered")
         if broker.incarnation != incarnation:
             raise ControllerError(ErrorCode.STALE_BROKER_EPOCH,
                                   f"broker {node_id} registered as incarnation {broker.incarnation}, not {incarnation}")
+        return broker
+
+    def heartbeat(self, node_id: int, incarnation: str) -> bool:
+        """A registered broker is alive. Returns whether it is fenced (then it will be unfenced)."""
+        self._require_active()
+        broker = self._registered(node_id, incarnation)
         self._heard_from(node_id)
         if broker.fenced:
             self._schedule_reconcile(0)
@@ -648,6 +644,11 @@ class Controller:
     async def commit_security_records(self, records: list[list]) -> None:
         """Commit user-credential and ACL records (broker/security/admin.py validates them);
         returns once they are committed by a majority and applied here."""
+        await self._wait(self._propose(records))
+
+    async def commit_transaction_records(self, records: list[list]) -> None:
+        """Commit transaction records (["txn", ...], with ["offset_commit", ...] in a commit
+        decision: broker/txn_coordinator.py) in one Raft entry; returns once applied here."""
         await self._wait(self._propose(records))
 
     async def commit_group_records(self, records: list[list]) -> None:

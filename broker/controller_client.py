@@ -34,6 +34,7 @@ from client.protocol.messages import (
     Request,
     Response,
 )
+from client.tasks import cancel_and_wait
 
 from broker.controller import Controller, ControllerError
 from broker.logging import StructuredLogger, get_logger
@@ -183,12 +184,7 @@ class BrokerLifecycle:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="tidelog-broker-lifecycle")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         while True:

@@ -27,6 +27,7 @@ from client.errors import (
 from client.protocol.errors import ErrorCode
 from client.protocol.limits import FRAME_BYTES_MAX_DEFAULT, REQUEST_TIMEOUT_MS_DEFAULT
 from client.protocol.messages import ApiKey, MetadataRequest, MetadataResponse, PartitionMetadata
+from client.tasks import cancel_and_wait
 from client.types import TopicPartition
 
 log = logging.getLogger("client.cluster")
@@ -175,12 +176,7 @@ class Cluster:
 
     async def close(self) -> None:
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._task)
         for task in list(self._connecting.values()):
             task.cancel()
         for conn in self.connections():

@@ -15,7 +15,15 @@ from storage.clock import ManualClock
 
 from broker.embedded import EmbeddedBroker
 from broker.producer_state import BatchSequence, ProducerStateTable, Verdict
-from tests.test_replication_follower import KEY, LoopbackConnection, Node, fetch_once, fetcher_for, image
+from tests.test_replication_follower import (  # noqa: F401 - `nodes` is a fixture
+    KEY,
+    LoopbackConnection,
+    Node,
+    fetch_once,
+    fetcher_for,
+    image,
+    nodes,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -53,15 +61,6 @@ def test_the_table_forgets_the_least_recently_written_producers_beyond_its_cap()
 def idempotent_batch(producer_id: int, epoch: int, sequence: int, *values: bytes) -> memoryview:
     return memoryview(records.build_batch([(None, v, 1_000, None) for v in values], producer_id=producer_id,
                                           producer_epoch=epoch, base_sequence=sequence))
-
-
-@pytest.fixture
-def nodes(tmp_path):
-    clock = ManualClock()
-    made = {n: Node(tmp_path, n, clock) for n in (1, 2, 3)}
-    yield made, clock
-    for node in made.values():
-        node.close()
 
 
 async def test_a_leader_writes_a_retried_batch_once_and_a_new_leader_remembers_it(nodes):
@@ -129,14 +128,18 @@ async def test_producers_get_distinct_ids_and_write_each_record_once(tmp_path):
         assert not Producer(broker.bootstrap_servers, acks=1).enable_idempotence
 
 
-async def test_transactional_ids_are_refused_clearly(tmp_path):
+async def test_a_transactional_id_keeps_its_producer_id_and_raises_its_epoch(tmp_path):
     async with EmbeddedBroker(tmp_path) as broker:
         from client.connection import Connection
 
         host, port = broker.bootstrap_servers.split(":")
         conn = await Connection.open(host, int(port))
         try:
-            response = await conn.request(InitProducerIdRequest(transactional_id="tx"))
-            assert response.error_code == ErrorCode.UNSUPPORTED_VERSION and "transactional" in response.error_message
+            first = await conn.request(InitProducerIdRequest(transactional_id="tx"))
+            second = await conn.request(InitProducerIdRequest(transactional_id="tx"))
+            assert first.error_code == second.error_code == ErrorCode.NONE
+            assert (second.producer_id, second.producer_epoch) == (first.producer_id, first.producer_epoch + 1)
+            too_long = await conn.request(InitProducerIdRequest(transactional_id="tx", transaction_timeout_ms=10**9))
+            assert too_long.error_code == ErrorCode.INVALID_TRANSACTION_TIMEOUT
         finally:
             conn.close()

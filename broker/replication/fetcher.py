@@ -42,6 +42,7 @@ from client.protocol.messages import (
     FetchTopic,
     OffsetsForLeaderEpochRequest,
 )
+from client.tasks import cancel_and_wait
 
 from broker.logging import StructuredLogger, get_logger
 
@@ -149,12 +150,7 @@ class LeaderFetcher:
         self.partitions.pop(key, None)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._task)
         self._close_connection()
 
     # --- the loop --------------------------------------------------------------------------------

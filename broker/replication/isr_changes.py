@@ -15,6 +15,7 @@ import asyncio
 from typing import Any, Awaitable, Callable
 
 from client.protocol.errors import ErrorCode
+from client.tasks import cancel_and_wait
 
 from broker.controller import ControllerError
 from broker.logging import StructuredLogger, get_logger
@@ -79,9 +80,4 @@ class IsrChangeSender:
         for handle in self._timers:
             handle.cancel()
         self._timers.clear()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._task)

@@ -52,6 +52,7 @@ from client.protocol.messages import (
     SyncGroupRequest,
     TopicPartitions,
 )
+from client.tasks import cancel_and_wait
 from client.types import TopicPartition
 
 if TYPE_CHECKING:
@@ -166,12 +167,7 @@ class GroupMembership:
     async def stop(self) -> None:
         """Commit (with auto-commit), run on_partitions_revoked, and leave the group (a static
         member stays: its partitions wait for it until its session times out)."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._task)
         member = bool(self.member_id) and self.error is None
         if self.error is None and (member or not self.topics):
             held = self.consumer.assignment()
