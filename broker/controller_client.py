@@ -20,6 +20,7 @@ client retries and finds the topic once this broker's image has applied it.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 from client.connection import Connection
@@ -162,6 +163,14 @@ class BrokerLifecycle:
         self.log = log or get_logger("broker.lifecycle")
         self.registered = False
         self.fenced = False
+        # The leader lease: monotonic time (s) at which the last heartbeat (or registration)
+        # that the controller answered was sent. The controller fences a broker it has not
+        # heard from for a session, and it heard from this one no earlier than that send, so
+        # until sent + session (a little less, for clock-rate drift) no other broker can have
+        # been given this broker's partitions because of silence. Past it, a paused or cut-off
+        # broker must assume it was replaced: it refuses writes as leader (ReplicaManager).
+        self.session_s = session_timeout_ms / 1000
+        self.lease_from_s: float | None = None
         self.heartbeats = 0
         self._leader_changed = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -180,6 +189,13 @@ class BrokerLifecycle:
         self.controller.heartbeat(self.node_id, self.incarnation)
         self.registered = True
 
+    LEASE_SHARE = 0.9  # of the session: margin for the two clocks running at slightly different rates
+
+    def holds_lease(self) -> bool:
+        """True while the controller cannot have fenced this broker for silence (see __init__)."""
+        start = self.lease_from_s
+        return start is not None and time.monotonic() - start < self.session_s * self.LEASE_SHARE
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="tidelog-broker-lifecycle")
 
@@ -190,14 +206,17 @@ class BrokerLifecycle:
         while True:
             self._leader_changed.clear()  # a change during the call below wakes the wait after it
             try:
+                sent_s = time.monotonic()
                 if not self.registered:
                     await self._register()
                     self.registered = True
+                    self.lease_from_s = sent_s
                     leader = self.channel.driver.leader_id
                     self.log.info("broker_registered_with_controller", node_id=self.node_id,
                                   controller=leader if leader is not None else "unknown", incarnation=self.incarnation)
                 else:
                     await self._heartbeat()
+                    self.lease_from_s = sent_s
                 delay = self.heartbeat_interval_s
             except ControllerError as exc:
                 if exc.code in (ErrorCode.BROKER_ID_NOT_REGISTERED, ErrorCode.STALE_BROKER_EPOCH):

@@ -259,6 +259,9 @@ class ReplicaManager:
         # Set by the broker: where followed partitions are fetched from, and where ISR changes go.
         self.fetchers: Any = None  # broker.replication.fetcher.ReplicaFetchers
         self.isr_changes: Any = None  # broker.replication.isr_changes.IsrChangeSender
+        # In a cluster: whether this broker still holds its leader lease (BrokerLifecycle.
+        # holds_lease); None where this broker alone is the quorum.
+        self.holds_lease: Callable[[], bool] | None = None
         self.isr_shrinks = 0
         self.isr_expands = 0
         self._image_waiters: list[asyncio.Future] = []
@@ -415,6 +418,13 @@ class ReplicaManager:
         state = partition.leader_state
         if state is None:
             return AppendOutcome(ErrorCode.NOT_LEADER_OR_FOLLOWER, f"node {partition.leader} leads {topic}-{index}")
+        holds_lease = self.holds_lease
+        if holds_lease is not None and not holds_lease():
+            # Not heard by the controller for most of a session (paused, cut off): another
+            # replica may lead by now, so this one takes no write it could not keep.
+            return AppendOutcome(ErrorCode.NOT_LEADER_OR_FOLLOWER,
+                                 f"node {self.node_id} has not reached the controller within its session; it may have "
+                                 f"been replaced as leader of {topic}-{index}")
         if required_acks == ACKS_ALL and not state.can_accept_acks_all():
             # Only the committed ISR counts: a proposed expansion promises nothing yet.
             return AppendOutcome(

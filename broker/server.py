@@ -325,6 +325,8 @@ class Broker:
         ), log=get_logger("broker.replication"))
         self.replicas.isr_changes = IsrChangeSender(self.replicas, self.metadata.alter_partition,
                                                     retry_ms=config.replica_fetch_backoff_ms)
+        if not self.metadata.alone:
+            self.replicas.holds_lease = self.metadata.lifecycle.holds_lease
         controller.on_change = self.replicas.apply_image
         ctx = HandlerContext(config, self.metadata, self.replicas, get_logger("broker.handlers"), self.warn_bad_input,
                              security=self.security)

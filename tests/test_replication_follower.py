@@ -243,3 +243,18 @@ async def test_answers_for_a_past_epoch_are_dropped_and_stale_epochs_are_fenced(
     leader.apply_image(image(3, 1, [3, 2]))
     assert leader.append_as_leader("t", 0, memoryview(batch(b"b")), 1).error == ErrorCode.NOT_LEADER_OR_FOLLOWER
     assert leader.read_for_fetch("t", 0, 0, 1 << 20, True).error == ErrorCode.NOT_LEADER_OR_FOLLOWER
+
+
+async def test_a_leader_without_its_lease_takes_no_write(nodes):
+    """Past most of a session without the controller hearing it (paused, cut off), a leader
+    must assume it was replaced: it refuses writes rather than take ones it could not keep."""
+    (n, clock) = nodes
+    leader = n[1].replicas
+    leader.apply_image(image(1, 0, [1, 2]))
+    lease = {"held": True}
+    leader.holds_lease = lambda: lease["held"]
+    assert leader.append_as_leader("t", 0, memoryview(batch(b"a")), 1).error == ErrorCode.NONE
+    lease["held"] = False
+    refused = leader.append_as_leader("t", 0, memoryview(batch(b"b")), 1)
+    assert refused.error == ErrorCode.NOT_LEADER_OR_FOLLOWER and "may have been replaced" in refused.message
+    assert n[1].log().log_end_offset == 1
