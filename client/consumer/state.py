@@ -9,6 +9,7 @@ control batches are skipped.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections import deque
 from typing import Callable
@@ -127,7 +128,10 @@ class PartitionState:
             # garbage collection triggered meanwhile can free nothing; it would only walk the new
             # records and promote them to older generations, whose full collections then cost
             # about as much as building them (measured: ~40% of a 100-byte consume). Collection
-            # is held off while building and runs at the next allocation after, as usual.
+            # is held off while building, and turned back on at the event loop's next step
+            # rather than at once: the collection the built records make due then runs after
+            # the caller's synchronous handling of them, when a caller that is done with them
+            # has dropped them and the collector has nothing of theirs to walk.
             gc_was_enabled = gc.isenabled()
             gc.disable()
             try:
@@ -141,7 +145,7 @@ class PartitionState:
                         ready.extend(records[room:])
             finally:
                 if gc_was_enabled:
-                    gc.enable()
+                    _enable_gc_soon()
         if out:
             self.position = max(self.position, out[-1].offset + 1)
         return out
@@ -192,3 +196,11 @@ def record_maker(tp: TopicPartition, key_deserializer, value_deserializer) -> Ca
         ]
 
     return make
+
+
+def _enable_gc_soon() -> None:
+    """gc.enable() at the running loop's next step (at once when no loop runs)."""
+    try:
+        asyncio.get_running_loop().call_soon(gc.enable)
+    except RuntimeError:
+        gc.enable()
