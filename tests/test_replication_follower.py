@@ -258,3 +258,20 @@ async def test_a_leader_without_its_lease_takes_no_write(nodes):
     refused = leader.append_as_leader("t", 0, memoryview(batch(b"b")), 1)
     assert refused.error == ErrorCode.NOT_LEADER_OR_FOLLOWER and "may have been replaced" in refused.message
     assert n[1].log().log_end_offset == 1
+
+
+async def test_a_follower_behind_the_leaders_log_start_starts_over_there(nodes):
+    """Retention on the leader deleted what the follower still needs: the fetch answers
+    OFFSET_OUT_OF_RANGE with the leader's log start, and the follower restarts its log there."""
+    (n, clock) = nodes
+    n[1].log().truncate_fully_and_start_at(10)  # as if retention had removed offsets 0-9
+    for node in (1, 2):
+        n[node].replicas.apply_image(image(1, 0, [1, 2]))
+    leader = n[1].replicas
+    leader.append_as_leader("t", 0, memoryview(batch(b"k", b"l")), 1)
+    fetcher = fetcher_for(n[2], 1, 0)
+    conn = LoopbackConnection(leader)
+    for _ in range(3):
+        await fetch_once(fetcher, conn)
+    assert n[2].log().log_start_offset == 10
+    assert n[2].values() == n[1].values() == [(10, 0, b"k"), (11, 0, b"l")]
