@@ -123,6 +123,12 @@ class BrokerConfig:
     replica_fetch_partition_bytes_max: int = setting(1 * MiB, "record bytes per partition in a follower's fetch (at least one batch)", _positive)
     replica_fetch_backoff_ms: int = setting(200, "a follower's pause after a failed fetch before it tries again", _positive)
     producer_ids_per_partition_max: int = setting(10_000, "idempotent producers remembered per partition; the least recently written are forgotten past it", _positive)
+    # Transactions (broker/txn_coordinator.py, on the active controller).
+    transaction_max_timeout_ms: int = setting(900_000, "the longest transaction timeout a producer may ask for (else INVALID_TRANSACTION_TIMEOUT)", _positive)
+    transactional_ids_max: int = setting(100_000, "transactional ids the coordinator keeps at once (a new one past it is refused)", _positive)
+    transactions_ongoing_max: int = setting(10_000, "open transactions the coordinator holds at once (past it a new one is refused, retriable)", _positive)
+    transaction_partitions_max: int = setting(1000, "partitions plus groups, and offsets, one transaction may hold", _positive)
+    transaction_marker_delay_ms: int = setting(0, "tests only: wait this long between a transaction's decision and its markers", _non_negative)
     controlled_shutdown_timeout_ms: int = setting(10_000, "on a graceful stop, how long to wait for the controller to move this broker's leaderships away", _positive)
     auto_leader_rebalance: bool = setting(True, "move leadership back to each partition's preferred (first) replica once it is in sync")
     # Log defaults (topics may override them).

@@ -32,6 +32,11 @@ accept records without them):
     ["delete_scram_user", user, mechanism]
     ["acl", principal, resource_type, resource_name, pattern_type, operation, permission, host]
     ["delete_acl", principal, resource_type, resource_name, pattern_type, operation, permission, host]
+    ["txn", transactional_id, producer_id, producer_epoch, state, timeout_ms, partitions, groups, offsets]
+          the whole state of one transactional id (broker/txn_coordinator.py): state is one of
+          TXN_STATES, partitions [[topic, partition], ...], groups [group, ...], offsets
+          [[group, topic, partition, offset, metadata], ...] (committed only with the transaction:
+          the coordinator writes them as "offset_commit" records in the PrepareCommit entry)
 """
 
 from __future__ import annotations
@@ -76,6 +81,38 @@ class BrokerState:
     fenced: bool = False
 
 
+# Transaction states (broker/txn_coordinator.py): Prepare* is the decision, Complete* once
+# every partition holds its marker.
+TXN_EMPTY, TXN_ONGOING = "Empty", "Ongoing"
+TXN_PREPARE_COMMIT, TXN_PREPARE_ABORT = "PrepareCommit", "PrepareAbort"
+TXN_COMPLETE_COMMIT, TXN_COMPLETE_ABORT = "CompleteCommit", "CompleteAbort"
+TXN_STATES = (TXN_EMPTY, TXN_ONGOING, TXN_PREPARE_COMMIT, TXN_PREPARE_ABORT, TXN_COMPLETE_COMMIT, TXN_COMPLETE_ABORT)
+
+
+@dataclass(slots=True)
+class TxnState:
+    """One transactional id as the metadata log last recorded it."""
+
+    transactional_id: str
+    producer_id: int
+    producer_epoch: int
+    state: str
+    timeout_ms: int
+    partitions: list[tuple[str, int]] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
+    offsets: list[tuple[str, str, int, int, str]] = field(default_factory=list)  # group, topic, partition, offset, metadata
+
+    def to_record(self) -> list:
+        return ["txn", self.transactional_id, self.producer_id, self.producer_epoch, self.state, self.timeout_ms,
+                [list(tp) for tp in self.partitions], list(self.groups), [list(o) for o in self.offsets]]
+
+    @classmethod
+    def from_fields(cls, fields: list) -> TxnState:
+        tid, producer_id, epoch, state, timeout_ms, partitions, groups, offsets = fields[:8]
+        return cls(tid, producer_id, epoch, state, timeout_ms, [tuple(tp) for tp in partitions], list(groups),
+                   [tuple(o) for o in offsets])
+
+
 @dataclass(slots=True)
 class CommittedOffset:
     offset: int
@@ -101,6 +138,7 @@ class MetadataImage:
         self.acls_version = 0
         self.applied_records = 0
         self.next_producer_id = 0  # the first producer id not handed out yet
+        self.transactions: dict[str, TxnState] = {}  # transactional id -> its state (broker/txn_coordinator.py)
 
     def apply(self, record: list) -> None:
         kind = record[0]
@@ -150,6 +188,9 @@ class MetadataImage:
                 self.offsets.setdefault(group, {})[(topic, partition)] = CommittedOffset(offset, metadata)
         elif kind == "delete_group":
             self.offsets.pop(record[1], None)
+        elif kind == "txn":
+            txn = TxnState.from_fields(record[1:])
+            self.transactions[txn.transactional_id] = txn
         elif kind == "scram_user":
             self.scram_users[record[1]] = (record[2], record[3], bytes(record[4]), bytes(record[5]), bytes(record[6]))
         elif kind == "delete_scram_user":
@@ -195,6 +236,7 @@ class MetadataImage:
                         for (topic, partition), o in by_partition.items()],
             "scram_users": [[user, *credential] for user, credential in sorted(self.scram_users.items())],
             "acls": [list(acl) for acl in sorted(self.acls)],
+            "transactions": [txn.to_record()[1:] for txn in self.transactions.values()],
         }, use_bin_type=True)
 
     @classmethod
@@ -219,6 +261,9 @@ class MetadataImage:
             image.scram_users[user] = (mechanism, iterations, salt, stored_key, server_key)
         image.acls = {tuple(acl) for acl in snap.get("acls", ())}
         image.acls_version = 1 if image.acls else 0
+        for fields in snap.get("transactions", ()):
+            txn = TxnState.from_fields(fields)
+            image.transactions[txn.transactional_id] = txn
         return image
 
 

@@ -47,6 +47,7 @@ from client.protocol.messages import (
     NO_LEADER_EPOCH,
     NO_OFFSET,
     NO_TIMESTAMP,
+    READ_COMMITTED,
 )
 from storage.clock import Clock, SystemClock
 from storage.config import LogConfig, LogConfigError
@@ -58,6 +59,7 @@ from broker.metadata import MetadataImage
 from broker.producer_state import BatchSequence, ProducerStateTable, Verdict
 from broker.purgatory import FetchPurgatory, HighWatermarkWaiters
 from broker.replication.leader_state import IsrProposal, LeaderPartitionState, Outcome
+from broker.txn_index import TxnIndex, build_marker, rebuild_from_log, txn_rows_from_batches
 
 PartitionKey = tuple[str, int]
 
@@ -179,6 +181,10 @@ class Partition:
     leader_state: LeaderPartitionState | None = None
     leader_high_watermark: int = 0  # on a follower: the leader's, as its last fetch answer said
     producers: ProducerStateTable | None = None  # idempotent producers' sequences; None: rebuild from the log
+    # Transactions (broker/txn_index.py): open transactions, LSO, aborted ranges. Built from the
+    # log the first time a transactional append or a read_committed read needs it; None again
+    # whenever the log is cut, like `producers`.
+    txns: TxnIndex | None = None
 
     @property
     def key(self) -> PartitionKey:
@@ -201,6 +207,8 @@ class FetchRead:
     high_watermark: int = NO_OFFSET
     log_start_offset: int = NO_OFFSET
     records: Any = b""  # bytes-like: one pread of whole stored batches
+    last_stable_offset: int = NO_OFFSET  # NO_OFFSET: the same as high_watermark
+    aborted: list | None = None  # read_committed: (producer_id, first_offset) overlapping the read
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +223,7 @@ class FollowerPosition:
 
 
 _PRODUCER_ID_FIELD = struct.Struct(">q")  # at byte 43 of a batch header (records.HEADER)
+_TXN_BITS = records.ATTR_TRANSACTIONAL | records.ATTR_CONTROL
 
 
 def replica_fetch_key(key: PartitionKey) -> tuple[str, str, int]:
@@ -443,8 +452,16 @@ class ReplicaManager:
         if _PRODUCER_ID_FIELD.unpack_from(data, records.HEADER_BYTES - 18)[0] >= 0:
             # An idempotent producer: a retry of a batch already in the log is answered with
             # its original offsets instead of being written twice (broker/producer_state.py).
+            headers = [h for _, h in records.iter_headers(data, partition.batch_bytes_max, validate=False)]
             sequences = [BatchSequence(h.producer_id, h.producer_epoch, h.base_sequence, h.last_offset_delta + 1)
-                         for _, h in records.iter_headers(data, partition.batch_bytes_max, validate=False)]
+                         for h in headers]
+            # Transactions: markers are written by the coordinator only (append_txn_marker), and
+            # one request's batches are all transactional or none (one producer wrote them).
+            txn_bits = {h.attributes & _TXN_BITS for h in headers}
+            if len(txn_bits) > 1 or records.ATTR_CONTROL in txn_bits or _TXN_BITS in txn_bits:
+                return AppendOutcome(ErrorCode.INVALID_RECORD,
+                                     "a produced batch may not be a control batch, nor mix transactional and plain batches")
+            transactional = records.ATTR_TRANSACTIONAL in txn_bits
             verdict, original, reason = self._producer_table(partition).check(sequences)
             if verdict is Verdict.DUPLICATE:
                 return AppendOutcome(ErrorCode.NONE, None, original, original + info.record_count, NO_TIMESTAMP,
@@ -466,6 +483,8 @@ class ReplicaManager:
             first = sequences[0]
             partition.producers.record(first.producer_id, first.producer_epoch, first.base_sequence,
                                        sequences[-1].last_sequence, appended.first_offset)
+            if transactional:  # opens the producer's transaction here, holding the LSO back
+                self._txn_index(partition).on_data(first.producer_id, appended.first_offset)
         changes = state.on_leader_append(appended.last_offset + 1)
         if changes.high_watermark_moved:
             self._high_watermark_moved(partition, changes.high_watermark)
@@ -475,6 +494,47 @@ class ReplicaManager:
             ErrorCode.NONE, None, appended.first_offset, appended.last_offset + 1,
             appended.log_append_time_ms, partition.log.log_start_offset,
         )
+
+    def append_txn_marker(self, topic: str, index: int, producer_id: int, producer_epoch: int,
+                          committed: bool, coordinator_epoch: int) -> AppendOutcome:
+        """Append the commit/abort marker ending `producer_id`'s open transaction here (the
+        coordinator's WriteTxnMarkers). With no open transaction of it in this partition there is
+        nothing to end: NONE without an append (so a retried marker is never written twice).
+        next_offset is where the high watermark must reach before the answer (acks=all)."""
+        partition = self.partitions.get((topic, index))
+        if partition is None:
+            return AppendOutcome(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"{topic}-{index} is not hosted here")
+        state = partition.leader_state
+        if state is None:
+            return AppendOutcome(ErrorCode.NOT_LEADER_OR_FOLLOWER, f"node {partition.leader} leads {topic}-{index}")
+        txns = self._txn_index(partition)
+        if producer_id not in txns.open:
+            # Nothing to end here, or a retry of a marker already appended: the caller waits for
+            # everything appended so far to be replicated (the earlier marker included).
+            return AppendOutcome(ErrorCode.NONE, None, NO_OFFSET, partition.log.log_end_offset)
+        if not state.can_accept_acks_all():
+            return AppendOutcome(ErrorCode.NOT_ENOUGH_REPLICAS,
+                                 f"{len(state.isr)} in-sync replicas, min.insync.replicas is {state.min_insync_replicas}")
+        marker = bytearray(build_marker(producer_id, producer_epoch, committed, coordinator_epoch, self.clock.time_ms()))
+        try:
+            appended = partition.log.append(marker, partition.leader_epoch)
+        except StorageError as exc:
+            self.log.error("append_failed", topic=topic, partition=index, error=type(exc).__name__, detail=str(exc))
+            return AppendOutcome(ErrorCode[getattr(exc, "error_code_name", "STORAGE_ERROR")], str(exc))
+        txns.on_marker(producer_id, appended.first_offset, committed)
+        self._producer_table(partition).fence_below(producer_id, producer_epoch)
+        changes = state.on_leader_append(appended.last_offset + 1)
+        if changes.high_watermark_moved:
+            self._high_watermark_moved(partition, changes.high_watermark)
+        if state.followers:
+            self.fetch_purgatory.notify(replica_fetch_key(partition.key))
+        return AppendOutcome(ErrorCode.NONE, None, appended.first_offset, appended.last_offset + 1)
+
+    def _txn_index(self, partition: Partition) -> TxnIndex:
+        """The partition's transaction index, rebuilt from its log if unknown."""
+        if partition.txns is None:
+            partition.txns = rebuild_from_log(partition.log)
+        return partition.txns
 
     def _producer_table(self, partition: Partition) -> ProducerStateTable:
         """The partition's producer table, rebuilt from its log's batch headers if unknown."""
@@ -501,7 +561,7 @@ class ReplicaManager:
 
     def read_for_fetch(
         self, topic: str, index: int, offset: int, max_bytes: int, min_one_batch: bool, replica_id: int = -1,
-        current_leader_epoch: int = NO_LEADER_EPOCH,
+        current_leader_epoch: int = NO_LEADER_EPOCH, isolation_level: int = 0,
     ) -> FetchRead:
         """Whole batches from `offset`, at most max_bytes unless min_one_batch (then at least
         one whole batch). Consumers (replica_id -1) read below the high watermark; a follower
@@ -532,6 +592,8 @@ class ReplicaManager:
             if changes.isr_proposal is not None:
                 self._propose_isr(partition, changes.isr_proposal)
             limit = None
+        elif isolation_level == READ_COMMITTED:
+            return self._read_committed(partition, offset, max_bytes, min_one_batch)
         else:
             limit = partition.high_watermark
         high_watermark = partition.high_watermark
@@ -546,8 +608,28 @@ class ReplicaManager:
         data = piece.read_bytes()
         return FetchRead(ErrorCode.NONE, high_watermark, start, data)
 
+    def _read_committed(self, partition: Partition, offset: int, max_bytes: int, min_one_batch: bool) -> FetchRead:
+        """A read_committed consumer's read: below the last stable offset only, with the aborted
+        transactions overlapping what it returns (broker/txn_index.py)."""
+        log = partition.log
+        start = log.log_start_offset
+        high_watermark = partition.high_watermark
+        txns = self._txn_index(partition)
+        txns.drop_before(start)
+        stable = txns.last_stable_offset(high_watermark)
+        if offset >= stable or (max_bytes <= 0 and not min_one_batch):
+            return FetchRead(ErrorCode.NONE, high_watermark, start, b"", stable)
+        try:
+            piece = log.read(offset, max_bytes, max_offset=stable)
+        except OffsetOutOfRangeError:
+            return FetchRead(ErrorCode.OFFSET_OUT_OF_RANGE, high_watermark, log.log_start_offset)
+        if piece.length_bytes == 0 or (piece.length_bytes > max_bytes and not min_one_batch):
+            return FetchRead(ErrorCode.NONE, high_watermark, start, b"", stable)
+        return FetchRead(ErrorCode.NONE, high_watermark, start, piece.read_bytes(), stable,
+                         txns.aborted_between(offset, stable) or None)
+
     def list_offset(self, topic: str, index: int, timestamp: int,
-                    current_leader_epoch: int = NO_LEADER_EPOCH) -> tuple[ErrorCode, int, int]:
+                    current_leader_epoch: int = NO_LEADER_EPOCH, isolation_level: int = 0) -> tuple[ErrorCode, int, int]:
         """(error, timestamp, offset) for ListOffsets, answered by the leader only."""
         partition = self.partitions.get((topic, index))
         if partition is None:
@@ -563,6 +645,8 @@ class ReplicaManager:
                 # A new leader's high watermark starts below what the previous leader may have
                 # exposed; answering it would move consumers backwards (KIP-207). Retriable.
                 return ErrorCode.OFFSET_NOT_AVAILABLE, NO_TIMESTAMP, NO_OFFSET
+            if isolation_level == READ_COMMITTED:  # read_committed consumers start at the LSO
+                return ErrorCode.NONE, NO_TIMESTAMP, self._txn_index(partition).last_stable_offset(partition.high_watermark)
             return ErrorCode.NONE, NO_TIMESTAMP, partition.high_watermark
         if timestamp == EARLIEST_TIMESTAMP:
             return ErrorCode.NONE, NO_TIMESTAMP, partition.log.log_start_offset
@@ -621,6 +705,7 @@ class ReplicaManager:
         if offset < before:
             log.truncate_to(offset)
             partition.producers = None  # the cut batches may have been producers' latest
+            partition.txns = None  # ... and may have opened or ended transactions
             self.log.info("follower_truncated", topic=key[0], partition=key[1], leader_epoch=leader_epoch,
                           from_offset=before, to_offset=log.log_end_offset, reason=reason)
         partition.high_watermark = min(partition.high_watermark, log.log_end_offset)
@@ -633,6 +718,7 @@ class ReplicaManager:
             return False
         partition.log.truncate_fully_and_start_at(offset)
         partition.producers = None
+        partition.txns = None
         partition.high_watermark = min(partition.high_watermark, offset)
         self.log.info("follower_restarted", topic=key[0], partition=key[1], offset=offset)
         return True
@@ -649,9 +735,16 @@ class ReplicaManager:
                 rows = [(h.base_offset, h.producer_id, h.producer_epoch, h.base_sequence, h.last_offset_delta)
                         for _, h in records.iter_headers(data, records.BATCH_BYTES_FORMAT_MAX) if h.producer_id >= 0]
                 table = self._producer_table(partition) if rows else None  # rebuilt before the append
+                txns = partition.txns  # kept up to date only once built (else rebuilt when needed)
+                txn_rows = list(txn_rows_from_batches(data)) if rows and txns is not None else ()
                 log.append_replicated(data)
                 if table is not None:
                     table.record_batches(rows)
+                for base_offset, _, producer_id, committed in txn_rows:
+                    if committed is None:
+                        txns.on_data(producer_id, base_offset)
+                    else:
+                        txns.on_marker(producer_id, base_offset, committed)
             except records.InvalidBatchError as exc:
                 self.log.error("replica_fetch_corrupt", topic=key[0], partition=key[1], detail=str(exc))
                 return ErrorCode.CORRUPT_MESSAGE

@@ -124,6 +124,19 @@ class ProducerStateTable:
         for base_offset, producer_id, producer_epoch, base_sequence, last_delta in rows:
             if producer_id >= 0 and base_sequence >= 0:
                 self.record(producer_id, producer_epoch, base_sequence, base_sequence + last_delta, base_offset)
+            elif producer_id >= 0:  # a transaction marker (no sequence): it carries the newest epoch
+                self.fence_below(producer_id, producer_epoch)
+
+    def fence_below(self, producer_id: int, producer_epoch: int) -> None:
+        """A transaction marker written with `producer_epoch` (the coordinator raised the epoch to
+        fence an older producer of the same transactional id): batches of older epochs are refused
+        from now on, and the new epoch starts its own sequence."""
+        known = self._producers.get(producer_id)
+        if known is None or producer_epoch > known.epoch:
+            self._producers[producer_id] = _Producer(producer_epoch, -1)
+            self._producers.move_to_end(producer_id)
+            while len(self._producers) > self.producers_max:
+                self._producers.popitem(last=False)
 
     @classmethod
     def rebuild(cls, rows: Iterable[tuple[int, int, int, int, int]],

@@ -38,6 +38,8 @@ from broker.controller_client import BrokerLifecycle, ControllerChannel
 from broker.handlers import Dispatcher, HandlerContext
 from broker.groups.backend import group_coordinator
 from broker.groups.coordinator import GroupCoordinator
+from broker.txn_backend import transaction_coordinator
+from broker.txn_coordinator import TransactionCoordinator
 from broker.logging import RateLimiter, get_logger
 from broker.metadata import MetadataImage
 from broker.partitions import ReplicaManager, broker_log_config, log_config_for
@@ -100,6 +102,7 @@ class MetadataService:
         self.channel = channel
         self.lifecycle = lifecycle
         self.groups: GroupCoordinator | None = None  # set by Broker: the consumer-group coordinator
+        self.transactions: TransactionCoordinator | None = None  # set by Broker (broker/txn_coordinator.py)
         self._closed = False
 
     @property
@@ -219,6 +222,9 @@ class MetadataService:
         self.controller.close()
         if self.groups is not None:
             self.groups.close()
+        if self.transactions is not None:
+            await self.transactions.stop()
+            self.transactions.backend.close()
 
     def close(self) -> None:
         if not self._closed:
@@ -328,6 +334,7 @@ class Broker:
         if not self.metadata.alone:
             self.replicas.holds_lease = self.metadata.lifecycle.holds_lease
         controller.on_change = self.replicas.apply_image
+        self.metadata.transactions.backend.replicas = self.replicas  # markers for partitions led here
         ctx = HandlerContext(config, self.metadata, self.replicas, get_logger("broker.handlers"), self.warn_bad_input,
                              security=self.security)
         self.dispatcher = Dispatcher(ctx)
@@ -355,6 +362,7 @@ class Broker:
                 raise BrokerStartError(f"cannot register with the metadata quorum of one: {exc}") from None
         metadata.lifecycle.start()  # heartbeats (and, in a cluster, registration once there is a leader)
         self.replicas.start_background()
+        metadata.transactions.start()
 
     def _open_metadata(self, root: Path) -> Controller:
         """The metadata quorum's parts, loaded from `<data_dir>/__cluster_metadata/`."""
@@ -406,6 +414,9 @@ class Broker:
         controller.on_leader_change = lifecycle.leader_changed
         self.metadata = MetadataService(config.node_id, controller, driver, storage, transport, channel, lifecycle)
         self.metadata.groups = group_coordinator(controller, config)  # consumer groups (broker/groups/)
+        self.metadata.transactions = transaction_coordinator(  # transactions (broker/txn_coordinator.py)
+            controller, config, self.security.client_security)
+        self.metadata.transactions.backend.groups = self.metadata.groups
         return controller
 
     def _on_storage_event(self, event: LogEvent) -> None:

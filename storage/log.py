@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
-from client.protocol.records import HEADER, HEADER_BYTES
+from client.protocol.records import ATTR_CONTROL, ATTR_TRANSACTIONAL, HEADER, HEADER_BYTES
 
 from .batchio import (
     H_BASE_OFFSET,
@@ -27,6 +27,7 @@ from .batchio import (
     H_PRODUCER_ID,
     walk_headers,
 )
+
 from .checkpoint import (
     PartitionCheckpoint,
     take_clean_shutdown_marker,
@@ -52,6 +53,8 @@ from .segment import BatchMeta, LogSlice, Segment
 
 _log = logging.getLogger("tidelog.storage")
 _SYSTEM_CLOCK = SystemClock()
+H_ATTRIBUTES = 5  # index of `attributes` in a header tuple (client.protocol.records.HEADER)
+_TXN_ATTRIBUTES = ATTR_TRANSACTIONAL | ATTR_CONTROL  # batches the transaction index is built from
 # base_offset, batch_length, leader_epoch: the first 16 bytes of a batch, all the leader rewrites.
 _STAMPED_PREFIX = struct.Struct(">qii")
 # Only the header fields the append path needs: batch_length, last_offset_delta, max_timestamp,
@@ -636,6 +639,17 @@ class PartitionLog:
                 if header[H_PRODUCER_ID] >= 0:
                     yield (header[H_BASE_OFFSET], header[H_PRODUCER_ID], header[H_PRODUCER_EPOCH],
                            header[H_BASE_SEQUENCE], header[H_LAST_DELTA])
+
+    def transactional_batches(self):
+        """(base_offset, last_offset, producer_id, attributes) of every transactional data batch
+        and control (marker) batch, oldest first: header reads only. The broker rebuilds its
+        per-partition transaction index (broker/txn_index.py) from this."""
+        self._check_open()
+        for segment in self._segments:
+            for _, header in walk_headers(segment.handle.fd, segment.log_path, 0, segment.size_bytes):
+                if header[H_ATTRIBUTES] & _TXN_ATTRIBUTES and header[H_PRODUCER_ID] >= 0:
+                    yield (header[H_BASE_OFFSET], header[H_BASE_OFFSET] + header[H_LAST_DELTA],
+                           header[H_PRODUCER_ID], header[H_ATTRIBUTES])
 
     def _save_checkpoint(self, **changes) -> None:
         checkpoint = self._checkpoint.with_changes(**changes)

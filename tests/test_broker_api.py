@@ -88,7 +88,7 @@ def test_api_versions_lists_the_served_apis(client):
     for key in (ApiKey.PRODUCE, ApiKey.FETCH, ApiKey.LIST_OFFSETS, ApiKey.METADATA, ApiKey.CREATE_TOPICS,
                 ApiKey.DELETE_TOPICS, ApiKey.DESCRIBE_TOPIC, ApiKey.DESCRIBE_CLUSTER, ApiKey.API_VERSIONS):
         assert versions[key] == (0, 0)
-    assert ApiKey.END_TXN not in versions  # reserved, not served
+    assert ApiKey.DESCRIBE_TRANSACTIONS not in versions  # reserved, not served
 
 
 @pytest.mark.parametrize(

@@ -142,7 +142,7 @@ def test_undecodable_control_part_is_answered_then_closed(broker, bystander, fra
     "api_key, version, control, code",
     [
         pytest.param(4242, 0, [], ErrorCode.UNSUPPORTED_API, id="unknown-api"),
-        pytest.param(ApiKey.END_TXN, 0, [], ErrorCode.UNSUPPORTED_API, id="reserved-api"),
+        pytest.param(ApiKey.DESCRIBE_TRANSACTIONS, 0, [], ErrorCode.UNSUPPORTED_API, id="reserved-api"),
         pytest.param(ApiKey.METADATA, 99, [None, False], ErrorCode.UNSUPPORTED_VERSION, id="unknown-version"),
         pytest.param(ApiKey.PRODUCE, 0, {"acks": 1}, ErrorCode.INVALID_REQUEST, id="control-wrong-shape"),
         pytest.param(ApiKey.PRODUCE, 0, [1, 1000, [[TOPIC, [[0, 500]]]]], ErrorCode.INVALID_REQUEST, id="lengths-past-payload"),

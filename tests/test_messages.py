@@ -111,6 +111,16 @@ REQUESTS = [
     m.DescribeAclsRequest(filter=m.AclFilter(principal="User:alice")),
     m.CreateAclsRequest(acls=[m.AclBinding("User:alice", "topic", "orders", "literal", "write", "allow")]),
     m.DeleteAclsRequest(filters=[m.AclFilter(resource_type="group", operation="read")]),
+    # Transactions (broker/txn_coordinator.py).
+    m.AddPartitionsToTxnRequest(transactional_id="tx-1", producer_id=7, producer_epoch=2,
+                                topics=[m.TopicPartitions("orders", [0, 3])]),
+    m.AddOffsetsToTxnRequest(transactional_id="tx-1", producer_id=7, producer_epoch=2, group_id="billing"),
+    m.EndTxnRequest(transactional_id="tx-1", producer_id=7, producer_epoch=2, committed=False),
+    m.WriteTxnMarkersRequest(coordinator_epoch=4, markers=[
+        m.TxnMarker(7, 2, True, [m.TopicPartitions("orders", [0, 3]), m.TopicPartitions("audit", [1])])]),
+    m.TxnOffsetCommitRequest(transactional_id="tx-1", producer_id=7, producer_epoch=2, group_id="billing",
+                             member_id="m-1", generation=3,
+                             topics=[m.OffsetCommitTopic("orders", [m.OffsetCommitPartition(0, 42, "")])]),
 ]
 
 RESPONSES = [
@@ -215,6 +225,15 @@ RESPONSES = [
     m.CreateAclsResponse(results=[m.AclResult(ErrorCode.NONE, None)]),
     m.DeleteAclsResponse(results=[m.AclDeleteResult(ErrorCode.NONE, None, [
         m.AclBinding("User:alice", "cluster", "cluster", "literal", "alter", "allow")])]),
+    m.AddPartitionsToTxnResponse(topics=[m.TxnPartitionsResult("orders", [
+        m.PartitionError(0, ErrorCode.NONE), m.PartitionError(3, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)])]),
+    m.AddOffsetsToTxnResponse(error_code=ErrorCode.PRODUCER_FENCED, error_message="fenced"),
+    m.EndTxnResponse(),
+    m.WriteTxnMarkersResponse(markers=[m.TxnMarkerResult(7, [m.TxnPartitionsResult("orders", [
+        m.PartitionError(0, ErrorCode.NONE)])])]),
+    m.TxnOffsetCommitResponse(error_code=ErrorCode.ILLEGAL_GENERATION, error_message="rebalanced"),
+    m.FetchResponse(topics=[m.FetchTopicResult("t", [
+        m.FetchPartitionResult(0, ErrorCode.NONE, 100, 90, 0, b"batches", [(7, 12), (9, 40)])])]),
 ]
 
 
@@ -357,6 +376,7 @@ def test_api_keys_follow_kafka_numbering_and_tidelog_keys_start_at_1000():
         "DESCRIBE_CLUSTER": 60, "BROKER_REGISTRATION": 62, "BROKER_HEARTBEAT": 63, "DESCRIBE_QUORUM": 55,
         "OFFSETS_FOR_LEADER_EPOCH": 23, "CONTROLLED_SHUTDOWN": 7, "ADD_PARTITIONS_TO_TXN": 24,
         "ADD_OFFSETS_TO_TXN": 25, "END_TXN": 26, "WRITE_TXN_MARKERS": 27, "TXN_OFFSET_COMMIT": 28,
+        "DESCRIBE_TRANSACTIONS": 65,
     }  # fmt: skip
     for name, number in kafka.items():
         assert m.ApiKey[name] == number
@@ -387,8 +407,8 @@ def test_unknown_api_key_is_unsupported_api():
 
 
 def test_reserved_api_key_is_unsupported_api():
-    with pytest.raises(UnsupportedApiError, match=r"END_TXN \(26\) is reserved but not implemented"):
-        m.decode_request(_request_frame(m.ApiKey.END_TXN, []))
+    with pytest.raises(UnsupportedApiError, match=r"DESCRIBE_TRANSACTIONS \(65\) is reserved but not implemented"):
+        m.decode_request(_request_frame(m.ApiKey.DESCRIBE_TRANSACTIONS, []))
 
 
 def test_unsupported_version_is_refused_for_requests_and_responses():

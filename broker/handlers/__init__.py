@@ -94,6 +94,12 @@ def _handlers() -> dict[int, Handler]:
         ApiKey.ALTER_PARTITION: replication.handle_alter_partition,
         ApiKey.CONTROLLED_SHUTDOWN: cluster.handle_controlled_shutdown,
         ApiKey.INIT_PRODUCER_ID: transactions.handle_init_producer_id,
+        # Transactions (broker/txn_coordinator.py: the coordinator runs on the active controller).
+        ApiKey.ADD_PARTITIONS_TO_TXN: transactions.handle_add_partitions_to_txn,
+        ApiKey.ADD_OFFSETS_TO_TXN: transactions.handle_add_offsets_to_txn,
+        ApiKey.END_TXN: transactions.handle_end_txn,
+        ApiKey.TXN_OFFSET_COMMIT: transactions.handle_txn_offset_commit,
+        ApiKey.WRITE_TXN_MARKERS: transactions.handle_write_txn_markers,
         # Consumer groups (broker/groups/: the coordinator runs on the active controller).
         ApiKey.FIND_COORDINATOR: groups.handle_find_coordinator,
         ApiKey.JOIN_GROUP: groups.handle_join_group,

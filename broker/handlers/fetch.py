@@ -41,6 +41,7 @@ def _read_all(ctx: HandlerContext, request: FetchRequest, max_bytes: int) -> tup
             read = ctx.replicas.read_for_fetch(
                 topic.topic, part.partition, part.fetch_offset, budget, min_one_batch=total == 0,
                 replica_id=request.replica_id, current_leader_epoch=part.current_leader_epoch,
+                isolation_level=request.isolation_level,
             )
             errored = errored or read.error != ErrorCode.NONE
             size = len(read.records)
@@ -48,8 +49,9 @@ def _read_all(ctx: HandlerContext, request: FetchRequest, max_bytes: int) -> tup
             remaining = max(0, remaining - size)
             rows.append(
                 FetchPartitionResult(
-                    part.partition, read.error, read.high_watermark, read.high_watermark,
-                    read.log_start_offset, read.records,
+                    part.partition, read.error, read.high_watermark,
+                    read.high_watermark if read.last_stable_offset < 0 else read.last_stable_offset,
+                    read.log_start_offset, read.records, read.aborted,
                 )
             )
         topics.append(FetchTopicResult(topic.topic, rows))

@@ -19,7 +19,8 @@ async def handle_list_offsets(ctx: HandlerContext, request: ListOffsetsRequest) 
     for topic in request.topics:
         rows = []
         for part in topic.partitions:
-            error, timestamp, offset = ctx.replicas.list_offset(topic.topic, part.partition, part.timestamp)
+            error, timestamp, offset = ctx.replicas.list_offset(topic.topic, part.partition, part.timestamp,
+                                                                isolation_level=request.isolation_level)
             rows.append(ListOffsetsPartitionResult(part.partition, error, timestamp, offset))
         topics.append(ListOffsetsTopicResult(topic.topic, rows))
     return ListOffsetsResponse(topics=topics)

@@ -91,6 +91,29 @@ def _init_producer_id(request: Any, image: Any, auto_create: bool) -> Iterator[N
         yield ("transactional_id", request.transactional_id, "write")
 
 
+def _txn_id(request: Any, image: Any, auto_create: bool) -> Iterator[Need]:
+    yield ("transactional_id", request.transactional_id, "write")
+
+
+def _add_partitions_to_txn(request: Any, image: Any, auto_create: bool) -> Iterator[Need]:
+    # The transaction's partitions are written by the producer's own Produce requests, each
+    # checked for write on its topic; adding them needs the same, so a producer cannot make the
+    # coordinator send markers to topics it may not write.
+    yield from _txn_id(request, image, auto_create)
+    yield from _topics((row.topic for row in request.topics), "write")
+
+
+def _add_offsets_to_txn(request: Any, image: Any, auto_create: bool) -> Iterator[Need]:
+    yield from _txn_id(request, image, auto_create)
+    yield ("group", request.group_id, "read")
+
+
+def _txn_offset_commit(request: Any, image: Any, auto_create: bool) -> Iterator[Need]:
+    yield from _txn_id(request, image, auto_create)
+    yield ("group", request.group_id, "read")
+    yield from _topics((t.topic for t in request.topics), "read")
+
+
 def _fixed(*needs: Need) -> Callable[[Any, Any, bool], Iterator[Need]]:
     def need(request: Any, image: Any, auto_create: bool) -> Iterator[Need]:
         yield from needs
@@ -122,6 +145,11 @@ RULES: dict[int, Callable[[Any, Any, bool], Iterator[Need]]] = {
     ApiKey.DESCRIBE_GROUPS: lambda r, i, a: (("group", g, "describe") for g in r.group_ids),
     ApiKey.DESCRIBE_QUORUM: _CLUSTER_DESCRIBE,
     ApiKey.INIT_PRODUCER_ID: _init_producer_id,
+    ApiKey.ADD_PARTITIONS_TO_TXN: _add_partitions_to_txn,
+    ApiKey.ADD_OFFSETS_TO_TXN: _add_offsets_to_txn,
+    ApiKey.END_TXN: _txn_id,
+    ApiKey.TXN_OFFSET_COMMIT: _txn_offset_commit,
+    # WRITE_TXN_MARKERS: no rule, so cluster_action (only brokers: the coordinator sends it).
     SecurityApiKey.DESCRIBE_ACLS: _CLUSTER_DESCRIBE,
     SecurityApiKey.CREATE_ACLS: _CLUSTER_ALTER,
     SecurityApiKey.DELETE_ACLS: _CLUSTER_ALTER,

@@ -370,6 +370,10 @@ class Consumer:
         return self._state(partition).highwater
 
     def last_stable_offset(self, partition: TopicPartition) -> int | None:
+        """The partition's last stable offset as of the last fetch answer (None before one): the
+        high watermark, or the first offset of the oldest transaction still open there if that is
+        lower. A read_committed consumer reads only below it. A read_uncommitted consumer gets
+        the high watermark here unless the leader has built its transaction index already."""
         return self._state(partition).last_stable_offset
 
     async def beginning_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:

@@ -227,6 +227,8 @@ class Fetcher:
             state.highwater = result.high_watermark
             state.last_stable_offset = result.last_stable_offset
             state.log_start_offset = result.log_start_offset
+            if result.aborted_transactions:  # read_committed: drop aborted transactions' batches
+                return state.add_fetched(result.records, result.aborted_transactions) > 0
             return state.add_fetched(result.records) > 0
         tp = state.tp
         if code == ErrorCode.OFFSET_OUT_OF_RANGE:

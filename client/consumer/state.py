@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections import deque
+from dataclasses import replace
 from typing import Callable
 
 from client.protocol.records import (
+    ATTR_CONTROL,
     BatchHeader,
     RecordsDecodeError,
     complete_prefix_bytes,
@@ -87,19 +89,52 @@ class PartitionState:
         self.position = self.fetch_offset = None
         self.reset_strategy = strategy
 
-    def add_fetched(self, records: memoryview) -> int:
+    def add_fetched(self, records: memoryview, aborted: list[tuple[int, int]] | None = None) -> int:
         """Buffer a fetch answer's bytes (a cut tail is dropped); returns how many batches it kept.
 
-        Batches that end before fetch_offset are skipped; fetch_offset moves past the last kept."""
+        Batches that end before fetch_offset are skipped; fetch_offset moves past the last kept.
+        `aborted` (read_committed): (producer_id, first_offset) of the aborted transactions the
+        broker says overlap these bytes; their batches are dropped by header (_drop_aborted)."""
         usable = complete_prefix_bytes(records)
         if usable == 0:
             return 0
         view = records[:usable]
+        if aborted:
+            return self._add_fetched_committed(view, aborted)
         kept = 0
         fetch_offset = self.fetch_offset
         for position, header in iter_headers(view, validate=False):
             if header.next_offset <= fetch_offset:
                 continue
+            self.chunks.append((view, position, header))
+            self.buffered_bytes += header.total_bytes
+            fetch_offset = header.next_offset
+            kept += 1
+        self.fetch_offset = fetch_offset
+        return kept
+
+    def _add_fetched_committed(self, view: memoryview, aborted: list[tuple[int, int]]) -> int:
+        """add_fetched for read_committed with aborted transactions in range. Walking batches in
+        offset order, a producer joins the aborted set once its aborted transaction's first
+        offset is reached, and leaves it at its next control batch (the abort marker: a producer
+        has one open transaction per partition). Its transactional batches in between are
+        dropped; dropped batches are kept as control-like chunks so the position still moves
+        past them when the application reads on."""
+        pending = sorted((first, producer_id) for producer_id, first in aborted)
+        active: set[int] = set()
+        index = 0
+        kept = 0
+        fetch_offset = self.fetch_offset
+        for position, header in iter_headers(view, validate=False):
+            while index < len(pending) and pending[index][0] <= header.last_offset:
+                active.add(pending[index][1])
+                index += 1
+            if header.next_offset <= fetch_offset:
+                continue
+            if header.is_control:
+                active.discard(header.producer_id)
+            elif header.is_transactional and header.producer_id in active:
+                header = replace(header, attributes=header.attributes | ATTR_CONTROL)  # skipped like a marker
             self.chunks.append((view, position, header))
             self.buffered_bytes += header.total_bytes
             fetch_offset = header.next_offset

@@ -95,7 +95,7 @@ class ProducerBatch:
             else:
                 self.payload = self.builder.build(
                     producer_id=identity.producer_id, producer_epoch=identity.producer_epoch,
-                    base_sequence=identity.assign(self.tp, len(self.builder)))
+                    base_sequence=identity.assign(self.tp, len(self.builder)), attributes=identity.attributes)
                 self.sequenced = True
             self.builder.release()  # the rows are in the payload now; free them
         return self.payload

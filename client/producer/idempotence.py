@@ -20,13 +20,15 @@ from client.types import TopicPartition
 
 
 class ProducerIdentity:
-    __slots__ = ("producer_id", "producer_epoch", "_next", "broken")
+    __slots__ = ("producer_id", "producer_epoch", "_next", "broken", "failure", "attributes")
 
     def __init__(self, producer_id: int, producer_epoch: int):
         self.producer_id = producer_id
         self.producer_epoch = producer_epoch
         self._next: dict[TopicPartition, int] = {}
         self.broken: str | None = None
+        self.failure: BaseException | None = None  # the first batch failure (transactions report it)
+        self.attributes = 0  # batch attributes: ATTR_TRANSACTIONAL for a transactional producer
 
     def assign(self, tp: TopicPartition, record_count: int) -> int:
         """The base sequence of the next batch of `tp` holding `record_count` records."""
@@ -38,6 +40,8 @@ class ProducerIdentity:
         return self._next.get(tp, 0)
 
     def batch_failed(self, tp: TopicPartition, error: BaseException) -> None:
+        if self.failure is None:
+            self.failure = error
         if self.broken is None:
             self.broken = (f"a batch of {tp.topic}-{tp.partition} failed after its sequence numbers were assigned "
                            f"({error}); later batches would leave a gap the leader refuses. Create a new Producer")

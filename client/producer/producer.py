@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Sequence
 from client.cluster import METADATA_MAX_AGE_MS_DEFAULT, RETRY_BACKOFF_MS_DEFAULT, Cluster
 from client.errors import (
     IllegalStateError,
+    InvalidTxnStateError,
     RecordTooLargeError,
     TidelogError,
     TidelogTimeoutError,
@@ -53,6 +54,7 @@ from client.protocol.limits import (
     REQUEST_TIMEOUT_MS_DEFAULT,
 )
 from client.producer.idempotence import ProducerIdentity
+from client.producer.transactions import TransactionManager
 from client.protocol.errors import ErrorCode
 from client.protocol.messages import ApiKey, InitProducerIdRequest
 from client.security import SecurityConfig
@@ -103,6 +105,7 @@ class Producer:
         partitioner: Callable[[bytes | None, list[int], list[int]], int] | None = None,
         enable_idempotence: bool | None = None,
         transactional_id: str | None = None,
+        transaction_timeout_ms: int = 60_000,
         clock: Callable[[], float] | None = None,
         security_protocol: str = "PLAINTEXT",
         ssl_context: Any = None,
@@ -114,9 +117,18 @@ class Producer:
         if acks not in _ACKS:
             raise ValueError(f"acks must be 0, 1, 'all' or -1, got {acks!r}")
         if transactional_id is not None:
-            raise NotImplementedError(
-                "transactional producers are not implemented yet; enable_idempotence=True (the default with "
-                "acks='all') already writes each record once per partition despite retries")
+            # A transaction is idempotent and acks=all by construction (client/producer/transactions.py).
+            if not isinstance(transactional_id, str) or not transactional_id:
+                raise ValueError(f"transactional_id must be a non-empty str, got {transactional_id!r}")
+            if enable_idempotence is False:
+                raise ValueError("a transactional producer is idempotent: enable_idempotence=False contradicts it")
+            if acks not in ("all", -1, "-1"):
+                if acks != 1:  # 1 is the default: taken as "not chosen"
+                    raise ValueError(f"a transactional producer needs acks='all', got acks={acks!r}")
+                acks = "all"
+            if not transaction_timeout_ms > 0:
+                raise ValueError(f"transaction_timeout_ms must be positive, got {transaction_timeout_ms!r}")
+            enable_idempotence = True
         if enable_idempotence is None:
             enable_idempotence = _ACKS[acks] == -1  # Kafka's default since 3.0: on with acks=all
         if enable_idempotence and _ACKS[acks] != -1:
@@ -167,6 +179,9 @@ class Producer:
         self._failure: BaseException | None = None
         self.enable_idempotence = enable_idempotence
         self._identity: ProducerIdentity | None = None
+        self.transactional_id = transactional_id
+        self.transaction_timeout_ms = transaction_timeout_ms
+        self._txn: TransactionManager | None = None
 
     # --- life cycle -----------------------------------------------------------------------------
 
@@ -189,7 +204,13 @@ class Producer:
         self._cluster.add_listener(self._tps.clear)  # partition counts may have changed
         if self.enable_idempotence:
             try:
-                self._identity = await self._init_producer_id()
+                if self.transactional_id is not None:
+                    self._txn = TransactionManager(
+                        self._cluster, self.transactional_id, self.transaction_timeout_ms,
+                        request_timeout_ms=self.request_timeout_ms, retry_backoff_ms=self.retry_backoff_ms)
+                    self._identity = await self._txn.init()
+                else:
+                    self._identity = await self._init_producer_id()
             except BaseException:
                 await self._cluster.close()
                 raise
@@ -213,6 +234,12 @@ class Producer:
             on_fatal=self._on_sender_failure,
         )
         self._accumulator._wakeup = self._sender.wakeup
+        if self._txn is not None:
+            txn, accumulator = self._txn, self._accumulator
+            self._sender.txn = txn
+            txn.wakeup = self._sender.wakeup
+            txn.on_fatal = accumulator.fail_all
+            txn.fail_queued = lambda tp, exc: accumulator.expire(tp, float("inf"), lambda batch: exc)
         self._sender.start()
         self._running = True
 
@@ -227,6 +254,12 @@ class Producer:
             if self._cluster is not None:
                 await self._cluster.close()
             return
+        txn = self._txn
+        if txn is not None and txn.in_transaction and txn.fatal is None:
+            try:  # a transaction left open is aborted rather than left to time out
+                await self.abort_transaction()
+            except TidelogError:
+                pass
         self._running = False
         self._stopped = True
         try:
@@ -474,6 +507,68 @@ class Producer:
             "metadata_refreshes": self._cluster.refreshes,
         }
 
+    # --- transactions (client/producer/transactions.py) ----------------------------------------
+
+    def _transactions(self) -> TransactionManager:
+        if self._txn is None:
+            raise IllegalStateError("transactions need Producer(transactional_id=...)")
+        if not self._running:
+            raise self._not_running_error()
+        return self._txn
+
+    def begin_transaction(self) -> None:
+        """Open a transaction: records sent until commit_transaction() or abort_transaction() are
+        seen by read_committed consumers all together, or never."""
+        self._transactions().begin()
+
+    async def commit_transaction(self) -> None:
+        """Send everything queued, then commit: returns once every partition of the transaction
+        holds its commit marker (read_committed consumers see the records from then on).
+        Raises the cause if a record of the transaction failed (then call abort_transaction())."""
+        txn = self._transactions()
+        txn.require_open("commit_transaction()")
+        await self.flush()
+        txn.check_usable()
+        identity = self._identity
+        if identity.failure is not None or txn.failed_partitions:
+            cause = identity.failure or next(iter(txn.failed_partitions.values()))
+            raise InvalidTxnStateError(f"transaction of {self.transactional_id!r} cannot commit: a record failed "
+                                       f"({cause}); call abort_transaction()")
+        await txn.end(committed=True)
+
+    async def abort_transaction(self) -> None:
+        """Abort: read_committed consumers never see the records sent in this transaction."""
+        txn = self._transactions()
+        txn.require_open("abort_transaction()")
+        await self._accumulator.wait_incomplete()  # batches in flight must not land after the marker
+        txn.check_usable()
+        await txn.end(committed=False)
+        if self._identity.failure is not None:
+            # A failed batch left a gap in this epoch's sequences: start a new epoch.
+            self._identity = self._accumulator.identity = await txn.init()
+
+    def transaction(self) -> _Transaction:
+        """`async with producer.transaction():` begins; commits on success, aborts on an exception."""
+        return _Transaction(self)
+
+    async def send_offsets_to_transaction(self, offsets: dict[TopicPartition, int], group_id: Any) -> None:
+        """Commit a consumer group's offsets (the next offset to read, per partition) with the
+        transaction: they count only if it commits. `group_id` is the group's id, or the
+        Consumer itself: then its member id and generation go along and the coordinator checks
+        them as for a commit (a consumer whose partitions moved cannot commit them)."""
+        txn = self._transactions()
+        txn.require_open("send_offsets_to_transaction()")
+        member_id, generation = "", -1
+        if not isinstance(group_id, str):
+            consumer = group_id
+            group_id = consumer.group_id
+            membership = getattr(consumer, "_group", None)
+            if membership is not None:
+                member_id, generation = membership.member_id, membership.generation
+        if not group_id:
+            raise ValueError("send_offsets_to_transaction needs a group id (or a Consumer with a group_id)")
+        await txn.send_offsets(dict(offsets), group_id, member_id, generation)
+
     # --- helpers --------------------------------------------------------------------------------
 
     async def _init_producer_id(self) -> ProducerIdentity:
@@ -501,7 +596,9 @@ class Producer:
                 cluster.request_update()
                 await asyncio.sleep(self.retry_backoff_ms / 1000)
 
-    def _not_running_error(self) -> IllegalStateError:
+    def _not_running_error(self) -> BaseException:
+        if self._txn is not None and self._running:
+            return self._txn.send_error()
         if self._identity is not None and self._identity.broken is not None:
             return IllegalStateError(f"idempotent producer {self._identity.producer_id}: {self._identity.broken}")
         if self._failure is not None:
@@ -549,3 +646,25 @@ class Producer:
         tp = candidates[self._rng.randrange(len(candidates))]
         self._sticky[topic] = tp
         return tp
+
+
+class _Transaction:
+    """`async with producer.transaction():` (see Producer.transaction)."""
+
+    __slots__ = ("_producer",)
+
+    def __init__(self, producer: Producer):
+        self._producer = producer
+
+    async def __aenter__(self) -> Producer:
+        self._producer.begin_transaction()
+        return self._producer
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        producer = self._producer
+        if exc_type is None:
+            await producer.commit_transaction()
+            return
+        txn = producer._txn
+        if txn is not None and txn.in_transaction and txn.fatal is None:
+            await producer.abort_transaction()  # the exception that ended the block propagates

@@ -69,6 +69,7 @@ class Sender:
         self._task: asyncio.Task | None = None
         self._stopping = False
         self.fatal_error: BaseException | None = None
+        self.txn = None  # a transactional producer's TransactionManager (partitions join first)
         # Counters (read by tests and metrics).
         self.produce_requests = 0
         self.batches_sent = 0
@@ -130,6 +131,7 @@ class Sender:
         next_at = _INF
         by_node: dict[int, list[TopicPartition]] = {}
         need_metadata = False
+        txn = self.txn
         for tp in list(acc.queues):
             queue = acc.queues[tp]
             muted = tp in self._muted
@@ -153,6 +155,8 @@ class Sender:
             if leader is None:
                 need_metadata = True
                 continue
+            if txn is not None and not txn.may_send(tp):
+                continue  # being added to the transaction first (client/producer/transactions.py)
             nodes = by_node.get(leader)
             if nodes is None:
                 by_node[leader] = [tp]
@@ -289,6 +293,8 @@ class Sender:
                     result.error_code, result.error_message, f"producing on broker {conn.broker}",
                     topic=tp.topic, partition=tp.partition,
                 )
+                if self.txn is not None and result.error_code == ErrorCode.INVALID_PRODUCER_EPOCH:
+                    error = self.txn._fenced(f"{tp.topic}-{tp.partition}: {result.error_message}")
                 if result.error_code in METADATA_REFRESH_ERRORS:
                     self._cluster.request_update()
                 self._retry_or_fail(tp, batches, error, error.retriable)

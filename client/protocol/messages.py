@@ -72,11 +72,11 @@ class ApiKey(enum.IntEnum):
     DELETE_TOPICS = 20
     INIT_PRODUCER_ID = 22  # a producer id (and epoch) for an idempotent or transactional producer
     OFFSETS_FOR_LEADER_EPOCH = 23  # a follower asks where its last leader epoch ended (KIP-101)
-    ADD_PARTITIONS_TO_TXN = 24  # reserved (transactions)
-    ADD_OFFSETS_TO_TXN = 25  # reserved (transactions)
-    END_TXN = 26  # reserved (transactions)
-    WRITE_TXN_MARKERS = 27  # reserved (transactions)
-    TXN_OFFSET_COMMIT = 28  # reserved (transactions)
+    ADD_PARTITIONS_TO_TXN = 24  # transactions: a partition joins the producer's transaction
+    ADD_OFFSETS_TO_TXN = 25  # transactions: the transaction will commit a group's offsets
+    END_TXN = 26  # transactions: commit or abort (two-phase, run by the coordinator)
+    WRITE_TXN_MARKERS = 27  # transactions: coordinator -> partition leader, commit/abort markers
+    TXN_OFFSET_COMMIT = 28  # transactions: a group's offsets, committed only with the transaction
     ALTER_TOPIC_CONFIGS = 44  # Kafka's IncrementalAlterConfigs, for topics
     RAFT_VOTE = 52  # reserved; Kafka's KRaft Vote
     DESCRIBE_QUORUM = 55  # Kafka's KRaft DescribeQuorum: the controller quorum's leader, term, lag
@@ -84,6 +84,7 @@ class ApiKey(enum.IntEnum):
     DESCRIBE_CLUSTER = 60
     BROKER_REGISTRATION = 62  # reserved
     BROKER_HEARTBEAT = 63  # reserved
+    DESCRIBE_TRANSACTIONS = 65  # reserved (Kafka's DescribeTransactions: not built yet)
     DESCRIBE_TOPIC = TIDELOG_API_KEYS_START  # partitions and configs of named topics
     RAFT_APPEND_ENTRIES = TIDELOG_API_KEYS_START + 1  # reserved; Kafka's KRaft replicates via Fetch
     RAFT_INSTALL_SNAPSHOT = TIDELOG_API_KEYS_START + 2  # reserved
@@ -922,6 +923,21 @@ class FetchPartitionResult:
     last_stable_offset: int = NO_OFFSET
     log_start_offset: int = NO_OFFSET
     records: Any = b""
+    # read_committed only: (producer_id, first_offset) of each aborted transaction overlapping
+    # the records returned, so the consumer can drop its batches by header. Sent as an optional
+    # 7th row field, a flat [pid, first, pid, first, ...] list, and only when not empty.
+    aborted_transactions: list[tuple[int, int]] | None = None
+
+
+def _flat_aborted(pairs: list[tuple[int, int]]) -> list[int]:
+    return [n for pair in pairs for n in pair]
+
+
+def _aborted_pairs(value: Any, path: str) -> list[tuple[int, int]]:
+    flat = _int_list(value, path, _I64)
+    if len(flat) % 2 or not flat:
+        raise _Malformed(f"{path} must hold a non-empty even count of ints (producer_id, first_offset pairs)")
+    return list(zip(flat[0::2], flat[1::2]))
 
 
 @dataclass(slots=True)
@@ -933,7 +949,8 @@ class FetchTopicResult:
 @dataclass(slots=True, kw_only=True)
 class FetchResponse(Response):
     """Control: [throttle_time_ms, error_code, [[topic, [[partition, error_code, high_watermark,
-    last_stable_offset, log_start_offset, records_length]]]]]; records follow as payload."""
+    last_stable_offset, log_start_offset, records_length, aborted_transactions?]]]]]; records
+    follow as payload (aborted_transactions: see FetchPartitionResult)."""
 
     API_KEY: ClassVar[int] = ApiKey.FETCH
     throttle_time_ms: int = 0
@@ -953,6 +970,11 @@ class FetchResponse(Response):
                         p.log_start_offset,
                         _records_bytes(p.records),
                     ]
+                    if not p.aborted_transactions
+                    else [
+                        p.partition, p.error_code, p.high_watermark, p.last_stable_offset, p.log_start_offset,
+                        _records_bytes(p.records), _flat_aborted(p.aborted_transactions),
+                    ]
                     for p in t.partitions
                 ],
             ]
@@ -969,19 +991,20 @@ class FetchResponse(Response):
         path = "topics[].partitions[]."
         topics = []
         for topic, partitions in _rows(rows, "topics", 2):
-            decoded = [
-                FetchPartitionResult(
+            decoded = []
+            for row in _list(partitions, "topics[].partitions"):
+                if (type(row) is not list and type(row) is not tuple) or len(row) not in (6, 7):
+                    raise _Malformed(f"topics[].partitions[] must be a list of 6 or 7 fields, got {_describe(row)}")
+                partition, part_error, high_watermark, stable, start, length = row[:6]
+                decoded.append(FetchPartitionResult(
                     _int(partition, path + "partition", _I32),
                     _int(part_error, path + "error_code", _I16),
                     _int(high_watermark, path + "high_watermark", _I64),
                     _int(stable, path + "last_stable_offset", _I64),
                     _int(start, path + "log_start_offset", _I64),
                     payload.take(_int(length, path + "records_length", _U32), path + "records_length"),
-                )
-                for partition, part_error, high_watermark, stable, start, length in _rows(
-                    partitions, "topics[].partitions", 6
-                )
-            ]
+                    _aborted_pairs(row[6], path + "aborted_transactions") if len(row) == 7 else None,
+                ))
             topics.append(FetchTopicResult(_str(topic, "topics[].topic"), decoded))
         return cls(
             throttle_time_ms=_int(throttle_time_ms, "throttle_time_ms", _I32),
@@ -2608,3 +2631,282 @@ register_api(AlterUserScramCredentialsRequest, AlterUserScramCredentialsResponse
 register_api(DescribeAclsRequest, DescribeAclsResponse)
 register_api(CreateAclsRequest, CreateAclsResponse)
 register_api(DeleteAclsRequest, DeleteAclsResponse)
+
+
+# --- Transactions: AddPartitionsToTxn, AddOffsetsToTxn, EndTxn, WriteTxnMarkers, TxnOffsetCommit -
+# Kafka's API keys and error codes, tidelog's own shapes. The first four requests go from a
+# transactional producer to the transaction coordinator (the active controller,
+# broker/txn_coordinator.py); WriteTxnMarkers goes from the coordinator to partition leaders.
+# Every request names the producer id and epoch it acts for, so a fenced producer is refused.
+
+
+@dataclass(slots=True)
+class TxnPartitionsResult:
+    """Per-partition outcome of a transactional request for one topic."""
+
+    topic: str
+    partitions: list[PartitionError]
+
+
+def _txn_results_control(rows: list[TxnPartitionsResult]) -> list:
+    return [[t.topic, [[p.partition, p.error_code] for p in t.partitions]] for t in rows]
+
+
+def _txn_results(value: Any, path: str) -> list[TxnPartitionsResult]:
+    part_path = path + "[].partitions[]."
+    return [
+        TxnPartitionsResult(_str(topic, path + "[].topic"), [
+            PartitionError(_int(p, part_path + "partition", _I32), _int(code, part_path + "error_code", _I16))
+            for p, code in _rows(partitions, path + "[].partitions", 2)
+        ])
+        for topic, partitions in _rows(value, path, 2)
+    ]
+
+
+def _txn_identity(row: list | tuple) -> tuple[str, int, int]:
+    """(transactional_id, producer_id, producer_epoch) from the first three control fields."""
+    return (_str(row[0], "transactional_id"), _int(row[1], "producer_id", _I64), _int(row[2], "producer_epoch", _I16))
+
+
+@dataclass(slots=True, kw_only=True)
+class AddPartitionsToTxnRequest(Request):
+    """Add partitions to the producer's transaction before it writes to them (the coordinator
+    must know every partition it will send markers to).
+
+    Control: [transactional_id, producer_id, producer_epoch, [[topic, [partition, ...]], ...]]."""
+
+    API_KEY: ClassVar[int] = ApiKey.ADD_PARTITIONS_TO_TXN
+    transactional_id: str = ""
+    producer_id: int = NO_PRODUCER_ID
+    producer_epoch: int = NO_PRODUCER_EPOCH
+    topics: list[TopicPartitions] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        return [self.transactional_id, self.producer_id, self.producer_epoch, _tps_control(self.topics)]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> AddPartitionsToTxnRequest:
+        row = _fields(control, "control", 4)
+        tid, producer_id, epoch = _txn_identity(row)
+        return cls(transactional_id=tid, producer_id=producer_id, producer_epoch=epoch, topics=_tps(row[3], "topics"))
+
+
+@dataclass(slots=True, kw_only=True)
+class AddPartitionsToTxnResponse(Response):
+    """A refusal of the whole request (fenced, wrong state, not the coordinator) is in
+    error_code/error_message; otherwise each partition has its own code.
+
+    Control: [error_code, error_message, [[topic, [[partition, error_code], ...]], ...]]."""
+
+    API_KEY: ClassVar[int] = ApiKey.ADD_PARTITIONS_TO_TXN
+    error_code: int = ErrorCode.NONE
+    error_message: str | None = None
+    topics: list[TxnPartitionsResult] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        return [self.error_code, self.error_message, _txn_results_control(self.topics)]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> AddPartitionsToTxnResponse:
+        error_code, message, (rows,) = _error_fields(control, 3)
+        return cls(error_code=error_code, error_message=message, topics=_txn_results(rows, "topics"))
+
+
+@dataclass(slots=True, kw_only=True)
+class AddOffsetsToTxnRequest(Request):
+    """Say that the transaction will commit offsets of `group_id` (TxnOffsetCommit follows).
+
+    Control: [transactional_id, producer_id, producer_epoch, group_id]."""
+
+    API_KEY: ClassVar[int] = ApiKey.ADD_OFFSETS_TO_TXN
+    transactional_id: str = ""
+    producer_id: int = NO_PRODUCER_ID
+    producer_epoch: int = NO_PRODUCER_EPOCH
+    group_id: str = ""
+
+    def to_control(self) -> list:
+        return [self.transactional_id, self.producer_id, self.producer_epoch, self.group_id]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> AddOffsetsToTxnRequest:
+        row = _fields(control, "control", 4)
+        tid, producer_id, epoch = _txn_identity(row)
+        return cls(transactional_id=tid, producer_id=producer_id, producer_epoch=epoch,
+                   group_id=_str(row[3], "group_id"))
+
+
+@dataclass(slots=True, kw_only=True)
+class TxnErrorResponse(Response):
+    """Control: [error_code, error_message]. Base of the answers that carry nothing else."""
+
+    error_code: int = ErrorCode.NONE
+    error_message: str | None = None
+
+    def to_control(self) -> list:
+        return [self.error_code, self.error_message]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader):
+        error_code, message, _ = _error_fields(control, 2)
+        return cls(error_code=error_code, error_message=message)
+
+
+@dataclass(slots=True, kw_only=True)
+class AddOffsetsToTxnResponse(TxnErrorResponse):
+    API_KEY: ClassVar[int] = ApiKey.ADD_OFFSETS_TO_TXN
+
+
+@dataclass(slots=True, kw_only=True)
+class EndTxnRequest(Request):
+    """Commit (committed=True) or abort the producer's transaction. Answered once the decision
+    is durable and every partition holds its marker (the transaction is complete).
+
+    Control: [transactional_id, producer_id, producer_epoch, committed]."""
+
+    API_KEY: ClassVar[int] = ApiKey.END_TXN
+    transactional_id: str = ""
+    producer_id: int = NO_PRODUCER_ID
+    producer_epoch: int = NO_PRODUCER_EPOCH
+    committed: bool = True
+
+    def to_control(self) -> list:
+        return [self.transactional_id, self.producer_id, self.producer_epoch, self.committed]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> EndTxnRequest:
+        row = _fields(control, "control", 4)
+        tid, producer_id, epoch = _txn_identity(row)
+        return cls(transactional_id=tid, producer_id=producer_id, producer_epoch=epoch,
+                   committed=_bool(row[3], "committed"))
+
+
+@dataclass(slots=True, kw_only=True)
+class EndTxnResponse(TxnErrorResponse):
+    API_KEY: ClassVar[int] = ApiKey.END_TXN
+
+
+@dataclass(slots=True)
+class TxnMarker:
+    """One producer's commit or abort marker for these partitions."""
+
+    producer_id: int
+    producer_epoch: int
+    committed: bool
+    topics: list[TopicPartitions]
+
+
+@dataclass(slots=True, kw_only=True)
+class WriteTxnMarkersRequest(Request):
+    """Coordinator to partition leader: append a control batch ending the producer's transaction
+    in each partition; coordinator_epoch is the controller's Raft term (a deposed coordinator's
+    markers are refused).
+
+    Control: [coordinator_epoch, [[producer_id, producer_epoch, committed, [[topic, [partition, ...]]]], ...]]."""
+
+    API_KEY: ClassVar[int] = ApiKey.WRITE_TXN_MARKERS
+    coordinator_epoch: int = 0
+    markers: list[TxnMarker] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        return [self.coordinator_epoch,
+                [[mk.producer_id, mk.producer_epoch, mk.committed, _tps_control(mk.topics)] for mk in self.markers]]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> WriteTxnMarkersRequest:
+        epoch, rows = _fields(control, "control", 2)
+        markers = [
+            TxnMarker(_int(pid, "markers[].producer_id", _I64), _int(pepoch, "markers[].producer_epoch", _I16),
+                      _bool(committed, "markers[].committed"), _tps(topics, "markers[].topics"))
+            for pid, pepoch, committed, topics in _rows(rows, "markers", 4)
+        ]
+        return cls(coordinator_epoch=_int(epoch, "coordinator_epoch", _I32), markers=markers)
+
+
+@dataclass(slots=True)
+class TxnMarkerResult:
+    producer_id: int
+    topics: list[TxnPartitionsResult]
+
+
+@dataclass(slots=True, kw_only=True)
+class WriteTxnMarkersResponse(Response):
+    """Control: [[producer_id, [[topic, [[partition, error_code], ...]], ...]], ...]."""
+
+    API_KEY: ClassVar[int] = ApiKey.WRITE_TXN_MARKERS
+    markers: list[TxnMarkerResult] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        return [[mk.producer_id, _txn_results_control(mk.topics)] for mk in self.markers]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> WriteTxnMarkersResponse:
+        return cls(markers=[
+            TxnMarkerResult(_int(pid, "markers[].producer_id", _I64), _txn_results(topics, "markers[].topics"))
+            for pid, topics in _rows(control, "markers", 2)
+        ])
+
+
+@dataclass(slots=True, kw_only=True)
+class TxnOffsetCommitRequest(Request):
+    """Offsets of `group_id` to commit with the transaction (only if it commits). member_id and
+    generation are the consumer's, checked like an OffsetCommit's ("" and -1: a consumer
+    outside the group's membership, accepted only while the group has no members).
+
+    Control: [transactional_id, producer_id, producer_epoch, group_id, member_id, generation,
+              [[topic, [[partition, offset, metadata], ...]], ...]]."""
+
+    API_KEY: ClassVar[int] = ApiKey.TXN_OFFSET_COMMIT
+    transactional_id: str = ""
+    producer_id: int = NO_PRODUCER_ID
+    producer_epoch: int = NO_PRODUCER_EPOCH
+    group_id: str = ""
+    member_id: str = ""
+    generation: int = -1
+    topics: list[OffsetCommitTopic] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        topics = [[t.topic, [[p.partition, p.offset, p.metadata] for p in t.partitions]] for t in self.topics]
+        return [self.transactional_id, self.producer_id, self.producer_epoch, self.group_id, self.member_id,
+                self.generation, topics]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> TxnOffsetCommitRequest:
+        row = _fields(control, "control", 7)
+        tid, producer_id, epoch = _txn_identity(row)
+        path = "topics[].partitions[]."
+        topics = [
+            OffsetCommitTopic(_str(topic, "topics[].topic"), [
+                OffsetCommitPartition(_int(p, path + "partition", _I32), _int(o, path + "offset", _I64),
+                                      _str(meta, path + "metadata"))
+                for p, o, meta in _rows(partitions, "topics[].partitions", 3)
+            ])
+            for topic, partitions in _rows(row[6], "topics", 2)
+        ]
+        return cls(transactional_id=tid, producer_id=producer_id, producer_epoch=epoch,
+                   group_id=_str(row[3], "group_id"), member_id=_str(row[4], "member_id"),
+                   generation=_int(row[5], "generation", _I32), topics=topics)
+
+
+@dataclass(slots=True, kw_only=True)
+class TxnOffsetCommitResponse(Response):
+    """Control: [error_code, error_message, [[topic, [[partition, error_code], ...]], ...]]."""
+
+    API_KEY: ClassVar[int] = ApiKey.TXN_OFFSET_COMMIT
+    error_code: int = ErrorCode.NONE
+    error_message: str | None = None
+    topics: list[TxnPartitionsResult] = field(default_factory=list)
+
+    def to_control(self) -> list:
+        return [self.error_code, self.error_message, _txn_results_control(self.topics)]
+
+    @classmethod
+    def _from_control(cls, control: Any, payload: _PayloadReader) -> TxnOffsetCommitResponse:
+        error_code, message, (rows,) = _error_fields(control, 3)
+        return cls(error_code=error_code, error_message=message, topics=_txn_results(rows, "topics"))
+
+
+register_api(AddPartitionsToTxnRequest, AddPartitionsToTxnResponse)
+register_api(AddOffsetsToTxnRequest, AddOffsetsToTxnResponse)
+register_api(EndTxnRequest, EndTxnResponse)
+register_api(WriteTxnMarkersRequest, WriteTxnMarkersResponse)
+register_api(TxnOffsetCommitRequest, TxnOffsetCommitResponse)

@@ -89,7 +89,8 @@ MESSAGE_STRATEGIES = {
                   isolation_level=st.sampled_from((m.READ_UNCOMMITTED, m.READ_COMMITTED)),
                   topics=_few(st.builds(m.FetchTopic, NAME, _few(st.builds(m.FetchPartition, I32, I64, I32, I32))))),
         st.builds(m.FetchResponse, throttle_time_ms=I32, error_code=I16, topics=_few(st.builds(
-            m.FetchTopicResult, NAME, _few(st.builds(m.FetchPartitionResult, I32, I16, I64, I64, I64, RECORDS))))),
+            m.FetchTopicResult, NAME, _few(st.builds(m.FetchPartitionResult, I32, I16, I64, I64, I64, RECORDS,
+                                                     st.none() | _few(st.tuples(I64, I64))))))),
     ),
     m.ApiKey.LIST_OFFSETS: (
         st.builds(m.ListOffsetsRequest, replica_id=I32,
@@ -229,6 +230,36 @@ MESSAGE_STRATEGIES.update({  # security (broker/security/)
     m.SecurityApiKey.DELETE_ACLS: (
         st.builds(m.DeleteAclsRequest, filters=_few(_acl_filter)),
         st.builds(m.DeleteAclsResponse, results=_few(st.builds(m.AclDeleteResult, I16, OPT_NAME, _few(_acl)))),
+    ),
+})
+
+_txn_results = _few(st.builds(m.TxnPartitionsResult, NAME, _few(st.builds(m.PartitionError, I32, I16))))
+MESSAGE_STRATEGIES.update({  # transactions (broker/txn_coordinator.py)
+    m.ApiKey.ADD_PARTITIONS_TO_TXN: (
+        st.builds(m.AddPartitionsToTxnRequest, transactional_id=NAME, producer_id=I64, producer_epoch=I16,
+                  topics=_few(_topic_partitions)),
+        st.builds(m.AddPartitionsToTxnResponse, error_code=I16, error_message=OPT_NAME, topics=_txn_results),
+    ),
+    m.ApiKey.ADD_OFFSETS_TO_TXN: (
+        st.builds(m.AddOffsetsToTxnRequest, transactional_id=NAME, producer_id=I64, producer_epoch=I16,
+                  group_id=NAME),
+        st.builds(m.AddOffsetsToTxnResponse, error_code=I16, error_message=OPT_NAME),
+    ),
+    m.ApiKey.END_TXN: (
+        st.builds(m.EndTxnRequest, transactional_id=NAME, producer_id=I64, producer_epoch=I16,
+                  committed=st.booleans()),
+        st.builds(m.EndTxnResponse, error_code=I16, error_message=OPT_NAME),
+    ),
+    m.ApiKey.WRITE_TXN_MARKERS: (
+        st.builds(m.WriteTxnMarkersRequest, coordinator_epoch=I32, markers=_few(st.builds(
+            m.TxnMarker, I64, I16, st.booleans(), _few(_topic_partitions)))),
+        st.builds(m.WriteTxnMarkersResponse, markers=_few(st.builds(m.TxnMarkerResult, I64, _txn_results))),
+    ),
+    m.ApiKey.TXN_OFFSET_COMMIT: (
+        st.builds(m.TxnOffsetCommitRequest, transactional_id=NAME, producer_id=I64, producer_epoch=I16,
+                  group_id=NAME, member_id=NAME, generation=I32, topics=_few(st.builds(
+                      m.OffsetCommitTopic, NAME, _few(st.builds(m.OffsetCommitPartition, I32, I64, NAME))))),
+        st.builds(m.TxnOffsetCommitResponse, error_code=I16, error_message=OPT_NAME, topics=_txn_results),
     ),
 })
 
