@@ -32,7 +32,6 @@ from client.errors import (
     InvalidTxnStateError,
     RecordTooLargeError,
     TidelogError,
-    TidelogTimeoutError,
     UnknownTopicOrPartitionError,
     error_for_code,
 )
@@ -53,9 +52,9 @@ from client.protocol.limits import (
     PRODUCER_BUFFER_BYTES_MAX_DEFAULT,
     REQUEST_TIMEOUT_MS_DEFAULT,
 )
+from client.producer.controller_calls import call_controller
 from client.producer.idempotence import ProducerIdentity
 from client.producer.transactions import TransactionManager
-from client.protocol.errors import ErrorCode
 from client.protocol.messages import ApiKey, InitProducerIdRequest
 from client.security import SecurityConfig
 from client.types import RecordMetadata, TopicPartition
@@ -574,27 +573,11 @@ class Producer:
     async def _init_producer_id(self) -> ProducerIdentity:
         """A producer id from the active controller (InitProducerId), retrying retriable errors
         (no controller yet, NOT_CONTROLLER after a failover) within request_timeout_ms."""
-        cluster = self._cluster
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.request_timeout_ms / 1000
-        while True:
-            try:
-                controller_id = cluster.metadata.controller_id
-                if controller_id in cluster.metadata.brokers:
-                    conn = await cluster.connection(controller_id)
-                else:
-                    conn = await cluster.any_connection()
-                response = await conn.request(InitProducerIdRequest())
-                if response.error_code == ErrorCode.NONE:
-                    return ProducerIdentity(response.producer_id, response.producer_epoch)
-                raise error_for_code(response.error_code, response.error_message, f"InitProducerId on broker {conn.broker}")
-            except TidelogError as exc:
-                if isinstance(exc, TidelogTimeoutError) or not exc.retriable:
-                    raise
-                if loop.time() + self.retry_backoff_ms / 1000 >= deadline:
-                    raise
-                cluster.request_update()
-                await asyncio.sleep(self.retry_backoff_ms / 1000)
+        response = await call_controller(
+            self._cluster, InitProducerIdRequest, request_timeout_ms=self.request_timeout_ms,
+            retry_backoff_ms=self.retry_backoff_ms,
+            refusal=lambda r, conn: error_for_code(r.error_code, r.error_message, f"InitProducerId on broker {conn.broker}"))
+        return ProducerIdentity(response.producer_id, response.producer_epoch)
 
     def _not_running_error(self) -> BaseException:
         if self._txn is not None and self._running:

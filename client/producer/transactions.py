@@ -33,9 +33,9 @@ from client.errors import (
     InvalidTxnStateError,
     ProducerFencedError,
     TidelogError,
-    TidelogTimeoutError,
     error_for_code,
 )
+from client.producer.controller_calls import call_controller
 from client.producer.idempotence import ProducerIdentity
 from client.protocol.errors import ErrorCode
 from client.protocol.messages import (
@@ -82,30 +82,15 @@ class TransactionManager:
     async def _call(self, make: Callable[[], Any], what: str) -> Any:
         """One coordinator request, retried on retriable errors (a controller change, a
         transaction still completing) within request_timeout_ms; fencing is fatal."""
-        cluster = self.cluster
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.request_timeout_ms / 1000
-        while True:
-            try:
-                controller_id = cluster.metadata.controller_id
-                if controller_id in cluster.metadata.brokers:
-                    conn = await cluster.connection(controller_id)
-                else:
-                    conn = await cluster.any_connection()
-                response = await conn.request(make())
-                if response.error_code == ErrorCode.NONE:
-                    return response
-                if response.error_code in _FENCED_CODES:
-                    raise self._fenced(response.error_message or "")
-                raise error_for_code(response.error_code, response.error_message,
-                                     f"{what} for transactional id {self.transactional_id!r} on broker {conn.broker}")
-            except TidelogError as exc:
-                if isinstance(exc, TidelogTimeoutError) or not exc.retriable:
-                    raise
-                if loop.time() + self.retry_backoff_ms / 1000 >= deadline:
-                    raise
-                cluster.request_update()
-                await asyncio.sleep(self.retry_backoff_ms / 1000)
+
+        def refusal(response: Any, conn: Any) -> TidelogError:
+            if response.error_code in _FENCED_CODES:
+                return self._fenced(response.error_message or "")
+            return error_for_code(response.error_code, response.error_message,
+                                  f"{what} for transactional id {self.transactional_id!r} on broker {conn.broker}")
+
+        return await call_controller(self.cluster, make, request_timeout_ms=self.request_timeout_ms,
+                                     retry_backoff_ms=self.retry_backoff_ms, refusal=refusal)
 
     def _fenced(self, detail: str) -> ProducerFencedError:
         error = ProducerFencedError(
