@@ -448,6 +448,11 @@ class ReplicaManager:
             # A producer's batch has one offset per record; a forged last_offset_delta would
             # otherwise reserve a huge offset range.
             return AppendOutcome(ErrorCode.INVALID_RECORD, "last_offset_delta must be record_count - 1 in a produced batch")
+        if info.attributes_any & _TXN_BITS and (info.attributes_any & records.ATTR_CONTROL or info.producer_ids_plain):
+            # Control batches are written by the transaction coordinator only (append_txn_marker),
+            # and a transactional batch needs the producer id that its markers will name.
+            return AppendOutcome(ErrorCode.INVALID_RECORD,
+                                 "a produced batch may not be a control batch, and a transactional one needs a producer id")
         sequences = None
         if _PRODUCER_ID_FIELD.unpack_from(data, records.HEADER_BYTES - 18)[0] >= 0:
             # An idempotent producer: a retry of a batch already in the log is answered with

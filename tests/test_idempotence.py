@@ -143,3 +143,14 @@ async def test_a_transactional_id_keeps_its_producer_id_and_raises_its_epoch(tmp
             assert too_long.error_code == ErrorCode.INVALID_TRANSACTION_TIMEOUT
         finally:
             conn.close()
+
+
+async def test_control_batches_and_transactional_batches_without_a_producer_id_are_refused(nodes):
+    (n, _) = nodes
+    n[1].replicas.apply_image(image(1, 0, [1]))
+    leader = n[1].replicas
+    for attributes in (records.ATTR_CONTROL, records.ATTR_TRANSACTIONAL):
+        forged = memoryview(records.build_batch([(None, b"x", 1_000, None)], attributes=attributes))
+        outcome = leader.append_as_leader("t", 0, forged, 1)
+        assert outcome.error == ErrorCode.INVALID_RECORD and "control batch" in outcome.message
+    assert n[1].log().log_end_offset == 0

@@ -243,20 +243,25 @@ class BatchSetInfo:
     offset_count: int  # sum of last_offset_delta + 1: how many offsets the batches take
     max_timestamp: int
     total_bytes: int
+    attributes_any: int = 0  # the attribute bits set in any of the batches (control, transactional)
+    producer_ids_plain: bool = False  # some batch has no producer id (not idempotent)
 
 
 def validate_batches(buf, batch_bytes_max: int = BATCH_BYTES_FORMAT_MAX) -> BatchSetInfo:
     """Validate one or more concatenated batches (a produce payload). Empty input is invalid."""
     if len(buf) == 0:
         raise BatchTruncatedError("no batch in an empty record set", 0)
-    batches = records = offsets = 0
+    batches = records = offsets = attributes = 0
     max_timestamp = -1
+    plain = False
     for _, header in iter_headers(buf, batch_bytes_max):
         batches += 1
         records += header.record_count
         offsets += header.last_offset_delta + 1
         max_timestamp = max(max_timestamp, header.max_timestamp)
-    return BatchSetInfo(batches, records, offsets, max_timestamp, len(buf))
+        attributes |= header.attributes
+        plain = plain or header.producer_id < 0
+    return BatchSetInfo(batches, records, offsets, max_timestamp, len(buf), attributes, plain)
 
 
 def stamp_batch(buf, position: int, base_offset: int, leader_epoch: int) -> int:
