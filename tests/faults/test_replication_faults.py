@@ -250,7 +250,8 @@ def test_the_checks_find_lost_misplaced_colliding_reordered_and_diverging_record
     follower = [n for n in final[0].replicas if n != final[0].leader][0]
     segment = cluster.nodes[follower].data_dir / f"{TOPIC}-0" / "00000000000000000000.log"
     data = bytearray(segment.read_bytes())
-    data[len(data) // 2] ^= 0xFF
+    first_batch_end = int.from_bytes(data[8:12], "big") + 12  # batch_length counts from byte 12
+    data[first_batch_end - 1] ^= 0xFF  # inside the first batch's records, never in a header
     segment.write_bytes(bytes(data))
     damaged = check_replicas(cluster, TOPIC, end)
     assert any(f"p0: broker {follower}'s log differs" in p for p in damaged.problems), damaged.problems
