@@ -641,18 +641,9 @@ class Controller:
         coordinator starts afresh whenever this changes (members rejoin; offsets are in the image)."""
         return self._active_term if self.active else -1
 
-    async def commit_security_records(self, records: list[list]) -> None:
-        """Commit user-credential and ACL records (broker/security/admin.py validates them);
-        returns once they are committed by a majority and applied here."""
-        await self._wait(self._propose(records))
-
-    async def commit_transaction_records(self, records: list[list]) -> None:
-        """Commit transaction records (["txn", ...], with ["offset_commit", ...] in a commit
-        decision: broker/txn_coordinator.py) in one Raft entry; returns once applied here."""
-        await self._wait(self._propose(records))
-
-    async def commit_group_records(self, records: list[list]) -> None:
-        """Commit group records (["offset_commit", ...], ["delete_group", ...]); returns once they
-        are committed by a majority and applied here. Records proposed in one loop iteration share
-        one Raft entry, so many members committing at once cost one append and one fsync."""
+    async def commit_records(self, records: list[list]) -> None:
+        """Commit records the caller validated (group offsets, transaction state, users and
+        ACLs); returns once a majority has them and they are applied here. Records proposed in
+        one loop iteration share one Raft entry, so many commits at once cost one append and
+        one fsync, and records passed together commit (or not) together."""
         await self._wait(self._propose(records))

@@ -12,6 +12,7 @@ from client.protocol.errors import ErrorCode
 from client.protocol.messages import ApiKey, TopicPartitions, TxnMarker, WriteTxnMarkersRequest
 
 from broker.controller import Controller, ControllerError
+from broker.coordinator_backend import OnActiveController
 from broker.groups.coordinator import GroupError
 from broker.logging import get_logger
 from broker.metadata import TxnState
@@ -21,9 +22,11 @@ MARKER_REQUEST_TIMEOUT_MS = 15_000  # a marker request waits up to 10 s for repl
 CONNECT_TIMEOUT_MS = 2000
 
 
-class ControllerTxnBackend:
+class ControllerTxnBackend(OnActiveController):
+    ROLE = "transaction coordinator"
+
     def __init__(self, controller: Controller, config: Any, security: Any = None):
-        self.controller = controller
+        super().__init__(controller)
         self.config = config
         self.security = security
         self.replicas: Any = None  # set by the broker: local markers skip the network
@@ -32,25 +35,12 @@ class ControllerTxnBackend:
         self._connections: dict[int, Connection] = {}
         self.log = get_logger("broker.transactions")
 
-    def active_term(self) -> int:
-        return self.controller.active_term
-
-    def not_coordinator(self) -> str:
-        leader = self.controller.image.controller_id
-        node = self.controller.node_id
-        if leader >= 0 and leader != node:
-            return f"node {node} is not the transaction coordinator; node {leader} (the active controller) is"
-        return f"node {node} is not the transaction coordinator: {self.controller.not_controller().message}"
-
     def transactions(self) -> dict[str, TxnState]:
         return self.controller.image.transactions
 
-    def partition_counts(self) -> dict[str, int]:
-        return {name: len(topic.partitions) for name, topic in self.controller.image.topics.items()}
-
     async def commit(self, records: list[list]) -> None:
         try:
-            await self.controller.commit_transaction_records(records)
+            await self.controller.commit_records(records)
         except ControllerError as exc:
             code = ErrorCode.NOT_COORDINATOR if exc.code == ErrorCode.NOT_CONTROLLER else exc.code
             raise TxnError(code, f"transaction state not committed: {exc.message}") from None

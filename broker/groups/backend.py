@@ -7,30 +7,17 @@ from typing import Iterable
 from client.protocol.errors import ErrorCode
 
 from broker.controller import Controller, ControllerError
+from broker.coordinator_backend import OnActiveController
 from broker.groups.assignors import TP
 from broker.groups.coordinator import GroupCoordinator, GroupError, GroupSettings
 from broker.logging import get_logger
 
 
-class ControllerBackend:
+class ControllerBackend(OnActiveController):
     """GroupBackend over the metadata controller: offsets live in its image and are committed
     through its Raft log; the coordinator is active exactly while the controller is."""
 
-    def __init__(self, controller: Controller):
-        self.controller = controller
-
-    def active_term(self) -> int:
-        return self.controller.active_term
-
-    def not_coordinator(self) -> str:
-        leader = self.controller.image.controller_id
-        node = self.controller.node_id
-        if leader >= 0 and leader != node:
-            return f"node {node} is not the group coordinator; node {leader} (the active controller) is"
-        return f"node {node} is not the group coordinator: {self.controller.not_controller().message}"
-
-    def partition_counts(self) -> dict[str, int]:
-        return {name: len(topic.partitions) for name, topic in self.controller.image.topics.items()}
+    ROLE = "group coordinator"
 
     def committed(self, group: str) -> dict[TP, tuple[int, str]]:
         offsets = self.controller.image.offsets.get(group, {})
@@ -41,7 +28,7 @@ class ControllerBackend:
 
     async def commit(self, records: list[list]) -> None:
         try:
-            await self.controller.commit_group_records(records)
+            await self.controller.commit_records(records)
         except ControllerError as exc:
             code = ErrorCode.NOT_COORDINATOR if exc.code == ErrorCode.NOT_CONTROLLER else exc.code
             raise GroupError(code, f"offsets not committed: {exc.message}") from None

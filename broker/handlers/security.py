@@ -154,7 +154,7 @@ async def handle_alter_user_scram_credentials(ctx: HandlerContext, request) -> A
 
 async def _commit(ctx: HandlerContext, records: list[list]) -> tuple[ErrorCode, str] | None:
     try:
-        await ctx.metadata.controller.commit_security_records(records)
+        await ctx.metadata.controller.commit_records(records)
     except ControllerError as exc:
         return exc.code, str(exc)
     return None
