@@ -149,7 +149,29 @@ class _Callback:
     __hash__ = None  # type: ignore[assignment]
 
 
-class RecordFuture:
+class _LazyFuture:
+    """What RecordFuture and BulkFuture share: an asyncio.Future-compatible face over a real
+    future made only when someone waits (`_materialize`, `_future`)."""
+
+    __slots__ = ()
+
+    # asyncio.isfuture() looks for this class attribute; it lets gather/wait take us as futures.
+    _asyncio_future_blocking = False
+
+    def cancelled(self) -> bool:
+        return self._future is not None and self._future.cancelled()
+
+    def add_done_callback(self, fn, *, context=None) -> None:
+        self._materialize().add_done_callback(_Callback(fn, self), context=context)
+
+    def remove_done_callback(self, fn) -> int:
+        return 0 if self._future is None else self._future.remove_done_callback(fn)
+
+    def cancel(self, msg=None) -> bool:
+        return self._materialize().cancel(msg)
+
+
+class RecordFuture(_LazyFuture):
     """The future `send()` returns: resolves to RecordMetadata when the record's batch completes.
 
     It behaves as an asyncio.Future (await, done, result, exception, add_done_callback, cancel;
@@ -159,9 +181,6 @@ class RecordFuture:
     """
 
     __slots__ = ("_batch", "_index", "_timestamp", "_future")
-
-    # asyncio.isfuture() looks for this class attribute; it lets gather/wait take us as futures.
-    _asyncio_future_blocking = False
 
     def __init__(self, batch: ProducerBatch, index: int, timestamp: int):
         self._batch = batch
@@ -209,9 +228,6 @@ class RecordFuture:
     def done(self) -> bool:
         return self._future.done() if self._future is not None else self._batch.is_done
 
-    def cancelled(self) -> bool:
-        return self._future is not None and self._future.cancelled()
-
     def result(self) -> RecordMetadata:
         if self._future is not None:
             return self._future.result()
@@ -226,15 +242,6 @@ class RecordFuture:
             raise asyncio.InvalidStateError("Exception is not set.")
         return self._batch.error
 
-    def add_done_callback(self, fn, *, context=None) -> None:
-        self._materialize().add_done_callback(_Callback(fn, self), context=context)
-
-    def remove_done_callback(self, fn) -> int:
-        return 0 if self._future is None else self._future.remove_done_callback(fn)
-
-    def cancel(self, msg=None) -> bool:
-        return self._materialize().cancel(msg)
-
     def get_loop(self):
         return self._batch.loop
 
@@ -243,7 +250,7 @@ class RecordFuture:
         return f"<RecordFuture {self._batch.tp.topic}-{self._batch.tp.partition} #{self._index} {state}>"
 
 
-class BulkFuture:
+class BulkFuture(_LazyFuture):
     """The future `send_batch()` returns: resolves when every record of the call is acknowledged.
 
     Like RecordFuture it is cheap until someone waits: it holds (batch, first offset delta,
@@ -254,8 +261,6 @@ class BulkFuture:
     """
 
     __slots__ = ("_segments", "_loop", "_timestamp", "_future", "_waiting", "_results", "record_count")
-
-    _asyncio_future_blocking = False
 
     def __init__(self, loop, segments: list, record_count: int, timestamp: int):
         self._segments = segments  # [(batch, first_delta, count, positions: range | list[int])]
@@ -335,9 +340,6 @@ class BulkFuture:
             return self._future.done()
         return all(segment[0].is_done for segment in self._segments)
 
-    def cancelled(self) -> bool:
-        return self._future is not None and self._future.cancelled()
-
     def result(self) -> list[RecordMetadata]:
         if self._future is not None and self._future.cancelled():
             return self._future.result()  # raises CancelledError
@@ -351,15 +353,6 @@ class BulkFuture:
         if not self.done():
             raise asyncio.InvalidStateError("Exception is not set.")
         return self._error()
-
-    def add_done_callback(self, fn, *, context=None) -> None:
-        self._materialize().add_done_callback(_Callback(fn, self), context=context)
-
-    def remove_done_callback(self, fn) -> int:
-        return 0 if self._future is None else self._future.remove_done_callback(fn)
-
-    def cancel(self, msg=None) -> bool:
-        return self._materialize().cancel(msg)
 
     def get_loop(self):
         return self._loop
