@@ -222,7 +222,8 @@ class FollowerPosition:
     high_watermark: int
 
 
-_PRODUCER_ID_FIELD = struct.Struct(">q")  # at byte 43 of a batch header (records.HEADER)
+_PRODUCER_ID_FIELD = struct.Struct(">q")
+_PRODUCER_ID_AT = records.HEADER_BYTES - 18  # byte 43 of a batch header (records.HEADER)
 _TXN_BITS = records.ATTR_TRANSACTIONAL | records.ATTR_CONTROL
 
 
@@ -440,8 +441,11 @@ class ReplicaManager:
                 ErrorCode.NOT_ENOUGH_REPLICAS,
                 f"{len(state.isr)} in-sync replicas, min.insync.replicas is {state.min_insync_replicas}",
             )
+        # An idempotent producer's request (its first batch names a producer id) needs every
+        # batch's producer fields: kept from the validation pass rather than read again.
+        idempotent = len(data) >= records.HEADER_BYTES and _PRODUCER_ID_FIELD.unpack_from(data, _PRODUCER_ID_AT)[0] >= 0
         try:
-            info = records.validate_batches(data, partition.batch_bytes_max)
+            info = records.validate_batches(data, partition.batch_bytes_max, keep_headers=idempotent)
         except records.InvalidBatchError as exc:
             return AppendOutcome(ErrorCode[exc.error_code_name], str(exc))
         if info.offset_count != info.record_count or info.record_count > RECORDS_PER_BATCH_MAX * info.batch_count:
@@ -454,10 +458,10 @@ class ReplicaManager:
             return AppendOutcome(ErrorCode.INVALID_RECORD,
                                  "a produced batch may not be a control batch, and a transactional one needs a producer id")
         sequences = None
-        if _PRODUCER_ID_FIELD.unpack_from(data, records.HEADER_BYTES - 18)[0] >= 0:
-            # An idempotent producer: a retry of a batch already in the log is answered with
-            # its original offsets instead of being written twice (broker/producer_state.py).
-            headers = [h for _, h in records.iter_headers(data, partition.batch_bytes_max, validate=False)]
+        if idempotent:
+            # A retry of a batch already in the log is answered with its original offsets
+            # instead of being written twice (broker/producer_state.py).
+            headers = info.headers
             sequences = [BatchSequence(h.producer_id, h.producer_epoch, h.base_sequence, h.last_offset_delta + 1)
                          for h in headers]
             # Transactions: markers are written by the coordinator only (append_txn_marker), and

@@ -245,23 +245,28 @@ class BatchSetInfo:
     total_bytes: int
     attributes_any: int = 0  # the attribute bits set in any of the batches (control, transactional)
     producer_ids_plain: bool = False  # some batch has no producer id (not idempotent)
+    headers: list | None = None  # every batch's BatchHeader, when asked for (keep_headers)
 
 
-def validate_batches(buf, batch_bytes_max: int = BATCH_BYTES_FORMAT_MAX) -> BatchSetInfo:
-    """Validate one or more concatenated batches (a produce payload). Empty input is invalid."""
+def validate_batches(buf, batch_bytes_max: int = BATCH_BYTES_FORMAT_MAX, keep_headers: bool = False) -> BatchSetInfo:
+    """Validate one or more concatenated batches (a produce payload). Empty input is invalid.
+    With keep_headers the headers read on the way are returned too (no second pass)."""
     if len(buf) == 0:
         raise BatchTruncatedError("no batch in an empty record set", 0)
     batches = records = offsets = attributes = 0
     max_timestamp = -1
     plain = False
+    kept: list | None = [] if keep_headers else None
     for _, header in iter_headers(buf, batch_bytes_max):
+        if kept is not None:
+            kept.append(header)
         batches += 1
         records += header.record_count
         offsets += header.last_offset_delta + 1
         max_timestamp = max(max_timestamp, header.max_timestamp)
         attributes |= header.attributes
         plain = plain or header.producer_id < 0
-    return BatchSetInfo(batches, records, offsets, max_timestamp, len(buf), attributes, plain)
+    return BatchSetInfo(batches, records, offsets, max_timestamp, len(buf), attributes, plain, kept)
 
 
 def stamp_batch(buf, position: int, base_offset: int, leader_epoch: int) -> int:
