@@ -34,6 +34,7 @@ import asyncio
 import json
 import math
 import multiprocessing as mp
+import operator
 import os
 import random
 import re
@@ -563,6 +564,8 @@ async def _produce_records(producer, topic, count, index, settings, counters) ->
 
 # --- consume --------------------------------------------------------------------------------
 
+_record_value = operator.attrgetter("value")
+
 
 async def _run_consume(args: argparse.Namespace, topic: str, broker: BrokerHandle) -> dict[str, Any]:
     from client import Consumer
@@ -586,11 +589,11 @@ async def _run_consume(args: argparse.Namespace, topic: str, broker: BrokerHandl
             idle_since = now
             for records in batches.values():
                 received += len(records)
-                for record in records:
-                    value_bytes += len(record.value)
+                # Every record's value is touched, at C speed: the figure is the SDK's, not this loop's.
+                value_bytes += sum(map(len, map(_record_value, records)))
             # Drop the records before the next getmany decodes more: records still referenced
             # then would be walked by the garbage collector and promoted to its old generation.
-            batches = records = record = None
+            batches = records = None
             progress.tick(received)
         end = time.monotonic()
     times1, cpu1 = os.times(), broker.cpu_s()

@@ -1,7 +1,12 @@
 """The consumer's background fetching: one outstanding Fetch per broker, bounded prefetch.
 
 A coordinating task looks at the assigned partitions: those needing an offset reset get a
-ListOffsets; the others, grouped by leader, go into one Fetch per broker that has none in flight.
+ListOffsets; the others, grouped by leader, go to one fetch task per broker that has none. A
+broker's fetch task sends its next Fetch as soon as it has taken in the answer to the last one,
+without a round through the coordinating task, so the time in which no fetch waits at the
+broker (and a new record waits for one to arrive) is one event-loop step. It ends when none of
+its partitions can be fetched (buffers full, errors, leaders moved) and the coordinator starts
+it again when that changes.
 A partition is fetched only while its buffer holds fewer than max_partition_fetch_bytes bytes,
 so each partition buffers at most about two fetch answers and prefetching stops by itself when
 the application does not keep up. The partition order of a Fetch rotates from one request to
@@ -43,6 +48,11 @@ from client.types import TopicPartition
 log = logging.getLogger("client.consumer")
 
 RESET_TIMESTAMPS = {"earliest": EARLIEST_TIMESTAMP, "latest": LATEST_TIMESTAMP}
+
+# A fetch answer below this many record bytes is latency-bound (a few records a consumer waits
+# for): they are handed over before the next Fetch is written. A larger one is throughput-bound:
+# the next Fetch goes out first. 16 KiB is about 150 records of 100 bytes.
+SMALL_ANSWER_BYTES = 16 * 1024
 
 
 class Fetcher:
@@ -143,14 +153,14 @@ class Fetcher:
             for state in to_reset:
                 state.resetting = True
             self._reset_task = asyncio.get_running_loop().create_task(self._reset(to_reset))
-        for node_id, states in by_node.items():
+        for node_id in by_node:
             if node_id in self._fetching:
                 continue
             retry_at = self._node_retry_at.get(node_id, 0.0)
             if retry_at > now:
                 next_at = retry_at if next_at is None else min(next_at, retry_at)
                 continue
-            task = asyncio.get_running_loop().create_task(self._fetch(node_id, states))
+            task = asyncio.get_running_loop().create_task(self._fetch_loop(node_id))
             self._fetching[node_id] = task
             task.add_done_callback(lambda t, n=node_id: self._fetch_done(n, t))
         return next_at
@@ -164,14 +174,43 @@ class Fetcher:
 
     # --- one fetch ------------------------------------------------------------------------------
 
-    async def _fetch(self, node_id: int, states: list[PartitionState]) -> None:
+    def _fetchable_on(self, node_id: int, now: float) -> list[PartitionState]:
+        """The partitions led by node_id that may be fetched now (the coordinator's rules)."""
+        leader_for = self._cluster.leader_for
+        limit = self.max_partition_fetch_bytes
+        return [
+            state for state in self._states.values()
+            if state.fetchable and state.buffered_bytes < limit and state.retry_at <= now
+            and leader_for(state.tp) == node_id
+        ]
+
+    async def _fetch_loop(self, node_id: int) -> None:
+        """Fetch from one broker, one request at a time, while it leads partitions to fetch.
+
+        After a small answer the application goes first: it is waiting for those few records,
+        and writing the next Fetch would delay them by a send. After a large one the next Fetch
+        goes out first, so the broker reads while the application decodes."""
+        loop = asyncio.get_running_loop()
+        while True:
+            states = self._fetchable_on(node_id, loop.time())
+            if not states:
+                return
+            record_bytes = await self._fetch(node_id, states)
+            if record_bytes is None:
+                return
+            if 0 < record_bytes < SMALL_ANSWER_BYTES:
+                await asyncio.sleep(0)
+
+    async def _fetch(self, node_id: int, states: list[PartitionState]) -> int | None:
+        """One Fetch: the record bytes it brought, or None after a broker-wide error (the
+        coordinator retries after a backoff)."""
         loop = asyncio.get_running_loop()
         try:
             conn = await self._cluster.connection(node_id)
         except TidelogError as exc:
             log.debug("cannot connect to node %s: %s", node_id, exc)
             self._node_retry_at[node_id] = loop.time() + self.retry_backoff_ms / 1000
-            return
+            return None
         self._rotation += 1
         shift = self._rotation % len(states)
         states = states[shift:] + states[:shift]
@@ -201,17 +240,19 @@ class Fetcher:
                 self._cluster.request_update()
             else:
                 self._fail(asked, exc)
-            return
+            return None
         if response.error_code != ErrorCode.NONE:
             error = error_for_code(response.error_code, where=f"fetching from broker {conn.broker}")
             if error.retriable:
                 self._node_retry_at[node_id] = loop.time() + self.retry_backoff_ms / 1000
             else:
                 self._fail(asked, error)
-            return
+            return None
         got_data = False
+        record_bytes = 0
         for topic in response.topics:
             for result in topic.partitions:
+                record_bytes += len(result.records)
                 tp = TopicPartition(topic.topic, result.partition)
                 state = self._states.get(tp)
                 if state is None or tp not in asked or asked[tp][0] != state.epoch:
@@ -219,6 +260,7 @@ class Fetcher:
                 got_data |= self._apply(state, result, conn.broker, asked[tp][1], loop.time())
         if got_data:
             self._on_data()
+        return record_bytes
 
     def _apply(self, state: PartitionState, result, broker: str, fetch_offset: int, now: float) -> bool:
         """Take one partition's answer; True if the application has something new to see."""
@@ -242,6 +284,7 @@ class Fetcher:
                 return True
             log.info("offset %s out of range for %s; resetting to %s", fetch_offset, tp, self.auto_offset_reset)
             state.request_reset(self.auto_offset_reset)
+            self.wakeup()  # the coordinating task sends the ListOffsets
             return False
         error = error_for_code(code, where=f"fetching from broker {broker}", topic=tp.topic, partition=tp.partition)
         if code in METADATA_REFRESH_ERRORS or error.retriable:
