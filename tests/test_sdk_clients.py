@@ -155,33 +155,6 @@ async def test_linger_turns_many_sends_into_one_request(broker):
     assert eager_requests > 5
 
 
-async def test_linger_zero_writes_from_send_itself_and_batches_while_in_flight(broker):
-    broker.create("t", 1)
-    async with Producer(bootstrap_servers=broker.bootstrap, linger_ms=0) as producer:
-        await producer.send_and_wait("t", b"warm-up")  # metadata and the connection are ready
-        before = producer.metrics["produce_requests"]
-        first = await producer.send("t", b"a")
-        # Written within send(): no event-loop step has run since.
-        assert producer.metrics["produce_requests"] == before + 1
-        rest = [await producer.send("t", b"b%d" % i) for i in range(5)]
-        # The partition has a request in flight: the next records wait in one batch.
-        assert producer.metrics["produce_requests"] == before + 1
-        metas = await asyncio.gather(first, *rest)
-        assert [m.offset for m in metas] == list(range(metas[0].offset, metas[0].offset + 6))
-        assert producer.metrics["produce_requests"] == before + 2
-        assert producer.metrics["batches_sent"] == before + 2
-    async with Producer(bootstrap_servers=broker.bootstrap, linger_ms=0, acks=0) as producer:
-        await producer.send("t", b"warm-up")
-        await producer.flush()
-        before = producer.metrics["produce_requests"]
-        for i in range(5):
-            await producer.send("t", b"c%d" % i)
-        # acks=0 has nothing in flight to wait for: the sender task batches the burst.
-        assert producer.metrics["produce_requests"] == before
-        await producer.flush()
-        assert producer.metrics["produce_requests"] == before + 1
-
-
 async def test_unknown_topic_raises_after_the_metadata_wait(broker):
     async with Producer(bootstrap_servers=broker.bootstrap, request_timeout_ms=300, retry_backoff_ms=20) as producer:
         with pytest.raises(UnknownTopicOrPartitionError) as info:

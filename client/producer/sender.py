@@ -178,31 +178,6 @@ class Sender:
                 tps = self._send_request(conn, tps, now)
         return next_at
 
-    def send_now(self, tp: TopicPartition) -> None:
-        """Write tp's ready head batches from the caller's step, when nothing of tp is in flight.
-
-        Producer.send calls this with linger_ms 0: the record goes out in the same event-loop
-        step instead of one later through this task's pass over every partition (a step that,
-        at low rates, runs with cold caches and costs tens of microseconds). Everything the loop
-        would check is checked; anything unusual (muted, backoff, no leader or connection, a
-        transaction, a full connection) leaves the batch to the loop, which the append woke."""
-        if tp in self._muted or self._stopping or self.txn is not None or self.fatal_error is not None:
-            return
-        queue = self._acc.queues.get(tp)
-        if not queue:
-            return
-        now = self._clock()
-        head = queue[0]
-        if head.retry_at_ms > now or head.deadline_ms <= now or not self._acc.is_ready(head, now):
-            return
-        leader = self._cluster.leader_for(tp)
-        if leader is None:
-            return
-        conn = self._cluster.ready_connection(leader)
-        if conn is None or conn.write_paused or not conn.has_free_slot():
-            return
-        self._send_request(conn, [tp], now)
-
     def _connect_later(self, node_id: int, now: float) -> float | None:
         """Open a connection in the background (with backoff after a failure)."""
         if node_id in self._connecting:
