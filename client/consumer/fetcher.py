@@ -137,7 +137,7 @@ class Fetcher:
                     else:
                         to_reset.append(state)
                 continue
-            if not state.fetchable or state.buffered_bytes >= self.max_partition_fetch_bytes:
+            if not self._wants_data(state):
                 continue
             if state.retry_at > now:
                 next_at = state.retry_at if next_at is None else min(next_at, state.retry_at)
@@ -174,14 +174,16 @@ class Fetcher:
 
     # --- one fetch ------------------------------------------------------------------------------
 
+    def _wants_data(self, state: PartitionState) -> bool:
+        """Fetchable, and its buffer has room (the prefetch bound of the module docstring)."""
+        return state.fetchable and state.buffered_bytes < self.max_partition_fetch_bytes
+
     def _fetchable_on(self, node_id: int, now: float) -> list[PartitionState]:
         """The partitions led by node_id that may be fetched now (the coordinator's rules)."""
         leader_for = self._cluster.leader_for
-        limit = self.max_partition_fetch_bytes
         return [
             state for state in self._states.values()
-            if state.fetchable and state.buffered_bytes < limit and state.retry_at <= now
-            and leader_for(state.tp) == node_id
+            if self._wants_data(state) and state.retry_at <= now and leader_for(state.tp) == node_id
         ]
 
     async def _fetch_loop(self, node_id: int) -> None:
