@@ -54,15 +54,11 @@ from broker.partitions import TOPIC_CONFIGS, UNCLEAN_ELECTION_CONFIG, TopicConfi
 from broker.raft.core import Role
 from broker.raft.driver import DriverStopped, ProposalLost, RaftDriver, ReadTimeout
 from broker.raft.errors import NotLeader, ProposalDropped, RaftError
+from broker.refusals import Refusal
 
 
-class ControllerError(Exception):
+class ControllerError(Refusal):
     """A change the controller refused or could not commit; `code` is the wire error."""
-
-    def __init__(self, code: ErrorCode, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)

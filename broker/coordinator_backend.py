@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from broker.controller import Controller
+from typing import Awaitable, TypeVar
+
+from client.protocol.errors import ErrorCode
+
+from broker.controller import Controller, ControllerError
+from broker.refusals import Refusal
+
+T = TypeVar("T")
 
 
 class OnActiveController:
@@ -10,6 +17,7 @@ class OnActiveController:
     tells a new activation from the old one); elsewhere it names the broker that is."""
 
     ROLE = "coordinator"
+    ERROR: type[Refusal] = Refusal  # what the coordinator raises (GroupError, TxnError)
 
     def __init__(self, controller: Controller):
         self.controller = controller
@@ -23,6 +31,16 @@ class OnActiveController:
         if leader >= 0 and leader != node:
             return f"node {node} is not the {self.ROLE}; node {leader} (the active controller) is"
         return f"node {node} is not the {self.ROLE}: {self.controller.not_controller().message}"
+
+    async def through_controller(self, call: Awaitable[T], failing: str) -> T:
+        """Await a controller call; its refusal becomes the coordinator's error, prefixed by
+        `failing`, with NOT_CONTROLLER read as NOT_COORDINATOR (the client looks the
+        coordinator up again, which finds the new controller)."""
+        try:
+            return await call
+        except ControllerError as exc:
+            code = ErrorCode.NOT_COORDINATOR if exc.code == ErrorCode.NOT_CONTROLLER else exc.code
+            raise self.ERROR(code, failing + exc.message) from None
 
     def partition_counts(self) -> dict[str, int]:
         return {name: len(topic.partitions) for name, topic in self.controller.image.topics.items()}

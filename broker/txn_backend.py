@@ -11,7 +11,7 @@ from client.errors import TidelogError
 from client.protocol.errors import ErrorCode
 from client.protocol.messages import ApiKey, TopicPartitions, TxnMarker, WriteTxnMarkersRequest
 
-from broker.controller import Controller, ControllerError
+from broker.controller import Controller
 from broker.coordinator_backend import OnActiveController
 from broker.groups.coordinator import GroupError
 from broker.logging import get_logger
@@ -24,6 +24,7 @@ CONNECT_TIMEOUT_MS = 2000
 
 class ControllerTxnBackend(OnActiveController):
     ROLE = "transaction coordinator"
+    ERROR = TxnError
 
     def __init__(self, controller: Controller, config: Any, security: Any = None):
         super().__init__(controller)
@@ -39,18 +40,10 @@ class ControllerTxnBackend(OnActiveController):
         return self.controller.image.transactions
 
     async def commit(self, records: list[list]) -> None:
-        try:
-            await self.controller.commit_records(records)
-        except ControllerError as exc:
-            code = ErrorCode.NOT_COORDINATOR if exc.code == ErrorCode.NOT_CONTROLLER else exc.code
-            raise TxnError(code, f"transaction state not committed: {exc.message}") from None
+        await self.through_controller(self.controller.commit_records(records), "transaction state not committed: ")
 
     async def allocate_producer_id(self) -> int:
-        try:
-            return await self.controller.allocate_producer_id()
-        except ControllerError as exc:
-            code = ErrorCode.NOT_COORDINATOR if exc.code == ErrorCode.NOT_CONTROLLER else exc.code
-            raise TxnError(code, exc.message) from None
+        return await self.through_controller(self.controller.allocate_producer_id(), "")
 
     def check_group_commit(self, group_id: str, member_id: str, generation: int,
                            partitions: list[TP]) -> dict[TP, ErrorCode]:

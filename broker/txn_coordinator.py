@@ -72,6 +72,7 @@ from broker.metadata import (
     TXN_PREPARE_COMMIT,
     TxnState,
 )
+from broker.refusals import Refusal
 
 EPOCH_MAX = 2**15 - 2  # producer epochs are int16; the last value is kept free as Kafka does
 TRANSACTIONAL_ID_LENGTH_MAX = TOPIC_NAME_LENGTH_MAX
@@ -80,11 +81,8 @@ MARKER_RETRY_BACKOFF_MS = 100  # between rounds of markers that could not be wri
 TP = tuple[str, int]
 
 
-class TxnError(Exception):
-    def __init__(self, code: ErrorCode, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class TxnError(Refusal):
+    """A transaction request refused; `code` is the wire error."""
 
 
 @dataclass(frozen=True)

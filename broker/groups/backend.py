@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from client.protocol.errors import ErrorCode
-
-from broker.controller import Controller, ControllerError
+from broker.controller import Controller
 from broker.coordinator_backend import OnActiveController
 from broker.groups.assignors import TP
 from broker.groups.coordinator import GroupCoordinator, GroupError, GroupSettings
@@ -18,6 +16,7 @@ class ControllerBackend(OnActiveController):
     through its Raft log; the coordinator is active exactly while the controller is."""
 
     ROLE = "group coordinator"
+    ERROR = GroupError
 
     def committed(self, group: str) -> dict[TP, tuple[int, str]]:
         offsets = self.controller.image.offsets.get(group, {})
@@ -27,11 +26,7 @@ class ControllerBackend(OnActiveController):
         return [group for group, offsets in self.controller.image.offsets.items() if offsets]
 
     async def commit(self, records: list[list]) -> None:
-        try:
-            await self.controller.commit_records(records)
-        except ControllerError as exc:
-            code = ErrorCode.NOT_COORDINATOR if exc.code == ErrorCode.NOT_CONTROLLER else exc.code
-            raise GroupError(code, f"offsets not committed: {exc.message}") from None
+        await self.through_controller(self.controller.commit_records(records), "offsets not committed: ")
 
 
 def group_coordinator(controller: Controller, config) -> GroupCoordinator:

@@ -56,17 +56,15 @@ from client.protocol.limits import TOPIC_NAME_LENGTH_MAX
 from storage.clock import Clock, SystemClock
 
 from broker.groups.assignors import ASSIGNORS, TP
+from broker.refusals import Refusal
 
 GROUP_ID_LENGTH_MAX = TOPIC_NAME_LENGTH_MAX  # a group id is a name like a topic's
 SUBSCRIBED_TOPICS_MAX = 1000  # topics one member may subscribe to
 FENCED_IDS_KEPT = 64  # replaced static member ids remembered per group, to answer FENCED_INSTANCE_ID
 
 
-class GroupError(Exception):
-    def __init__(self, code: ErrorCode, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class GroupError(Refusal):
+    """A group request refused; `code` is the wire error."""
 
 
 @dataclass(frozen=True)
