@@ -104,25 +104,18 @@ def _sdk_security(args: argparse.Namespace) -> Any:
 
 def run_client_command(args: argparse.Namespace) -> int:
     """Run one client command; map every SDK error to one line on stderr and exit 1."""
-    from broker.cli_security import CommandConfigError
+    from broker.cli_security import CommandConfigError, run_command
     from client.errors import TidelogError
 
     handler = {"topics": _topics, "produce": _produce, "consume": _consume, "groups": _groups,
                "cluster": _cluster}[args.command]
-    try:
-        return asyncio.run(handler(args))
-    except (TidelogError, CliError, CommandConfigError, OSError) as exc:
-        print(f"tidelog: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return run_command(handler, args, (TidelogError, CliError, CommandConfigError, OSError))
 
 
 async def _topics(args: argparse.Namespace) -> int:
-    from client import Admin
+    from broker.cli_security import admin_for
 
-    async with Admin(bootstrap_servers=args.bootstrap, request_timeout_ms=args.request_timeout_ms,
-                     **_security(args)) as admin:
+    async with admin_for(args) as admin:
         command = args.topics_command
         if command == "create":
             config = _parse_config(args.config)
@@ -245,10 +238,9 @@ def _format(record: Any, args: argparse.Namespace) -> bytes:
 
 
 async def _groups(args: argparse.Namespace) -> int:
-    from client import Admin
+    from broker.cli_security import admin_for
 
-    async with Admin(bootstrap_servers=args.bootstrap, request_timeout_ms=args.request_timeout_ms,
-                     **_security(args)) as admin:
+    async with admin_for(args) as admin:
         if args.groups_command == "list":
             for group in await admin.list_groups():
                 print(group)
@@ -280,10 +272,9 @@ def _print_group(group: Any) -> None:
 
 
 async def _cluster(args: argparse.Namespace) -> int:
-    from client import Admin
+    from broker.cli_security import admin_for
 
-    async with Admin(bootstrap_servers=args.bootstrap, request_timeout_ms=args.request_timeout_ms,
-                     **_security(args)) as admin:
+    async with admin_for(args) as admin:
         description = await admin.describe_cluster()
         quorum, description = await _describe_quorum(admin, description, args)
     addresses = {b.node_id: f"{b.host}:{b.port}" for b in description.brokers}

@@ -117,29 +117,35 @@ def add_security_commands(sub: argparse._SubParsersAction, add_common) -> None:
         parser.set_defaults(run=_run(_acls))
 
 
+def run_command(handler, args: argparse.Namespace, errors: tuple[type[BaseException], ...]) -> int:
+    """Run an async command; an error of `errors` is one line on stderr and exit status 1."""
+    try:
+        return asyncio.run(handler(args))
+    except errors as exc:
+        print(f"tidelog: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
 def _run(handler):
     def run(args: argparse.Namespace) -> int:
         from client.errors import TidelogError
 
-        try:
-            return asyncio.run(handler(args))
-        except (TidelogError, CommandConfigError, ValueError, OSError) as exc:
-            print(f"tidelog: error: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            return 130
+        return run_command(handler, args, (TidelogError, CommandConfigError, ValueError, OSError))
 
     return run
 
 
-def _admin(args: argparse.Namespace):
+def admin_for(args: argparse.Namespace):
+    """An Admin client from the common flags (--bootstrap, --request-timeout-ms, --command-config)."""
     from client import Admin
 
     return Admin(bootstrap_servers=args.bootstrap, request_timeout_ms=args.request_timeout_ms, **security_kwargs(args))
 
 
 async def _users(args: argparse.Namespace) -> int:
-    async with _admin(args) as admin:
+    async with admin_for(args) as admin:
         if args.users_command == "add":
             password = args.password
             if args.password_stdin:
@@ -176,7 +182,7 @@ async def _acls(args: argparse.Namespace) -> int:
     resource_type, name = _resource(args)
     permission = "deny" if args.deny else "allow" if args.allow else None
     pattern = "prefixed" if args.prefixed else ("literal" if name is not None else None)
-    async with _admin(args) as admin:
+    async with admin_for(args) as admin:
         if args.acls_command == "add":
             if not args.principal or resource_type is None or not args.operation:
                 raise ValueError("acls add needs --principal, one of --topic/--group/--cluster, and --operation")
